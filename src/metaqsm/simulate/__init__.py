@@ -1,0 +1,19 @@
+"""Simulation: analytic phantoms, complete multi-echo acquisitions and synthetic training data.
+
+Submodules are imported lazily so that ``import metaqsm.simulate`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "brain_phantom": "phantoms",
+    "Phantom": "phantoms",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
