@@ -382,6 +382,10 @@ def compute_metrics(x, reference, mask, *, labels=None):
     (0.0, 1.0, 1.0)
     """
     xm, ym, m = _pair(x, reference, mask)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != xm.shape:
+            raise ValueError(f"labels must have the shape of the maps {xm.shape}, got {labels.shape}")
     mo = _moments(xm, ym)
     out = {
         "rmse": _relative_error(xm, ym),
@@ -392,8 +396,5 @@ def compute_metrics(x, reference, mask, *, labels=None):
         "correlation": _correlation(xm, ym, m),
     }
     if labels is not None:
-        lab = np.asarray(labels)
-        if lab.shape != xm.shape:
-            raise ValueError(f"labels must have the shape of the maps {xm.shape}, got {lab.shape}")
-        out["regions"] = region_mae(xm, ym, np.where(m, lab, 0))
+        out["regions"] = region_mae(xm, ym, np.where(m, labels, 0))
     return out
