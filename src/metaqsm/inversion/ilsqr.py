@@ -1,0 +1,201 @@
+"""iLSQR: weighted LSQR inversion with streaking-artifact estimation and removal (Li et al. 2015)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+from scipy.sparse.linalg import LinearOperator, lsmr, lsqr
+
+from .._validate import as_positive
+from ..kernels import WORKERS, dipole_kernel, laplacian, smv_kernel
+from . import _common
+
+__all__ = ["ilsqr"]
+
+
+def ilsqr(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-2, max_iter=50,
+          tol_lsqr=1e-2, max_iter_lsqr=50, threshold_cone=0.1, pad=0, progress=False):
+    """iLSQR dipole inversion (Li et al., NeuroImage 2015), all four steps.
+
+    1. **Weighted LSQR** (Eqs. 6-7): ``min ||W^(1/2) (D chi - f)||^2`` by LSQR (early
+       stopping at ``tol_lsqr`` / ``max_iter_lsqr`` regularises it), with the weight ``W``
+       equal to 1 where |Laplacian of the field| is below its 60th percentile in the mask,
+       falling linearly to 0 at the 99.9th percentile, and 0 outside the mask (unreliable phase
+       at vessels and edges has a large Laplacian).
+    2. **Fast k-space estimate** (Eqs. 8-14, "FastQSM"): ``sign(D) FFT(f)``, blended twice with
+       its 3 mm spherical-mean-value filtered version by the k-space weight
+       ``clip((|D|^0.001 - P1) / (P30 - P1), 0, 1)`` (P = percentiles of |D|^0.001) with the
+       mask applied in image space in between, then scaled by the least-squares fit
+       ``a x + b`` (over the mask) to a TKD solution with threshold 1/8.
+    3. **Streaking artifacts** (Eqs. 3-4, 15): ``chi_sa`` minimises
+       ``||W_g grad(M_ic chi_sa) - W_g grad(chi_lsqr)||^2`` by LSMR (``tol``, ``max_iter``),
+       where ``M_ic`` keeps the ill-conditioned k-space cone ``|D| < threshold_cone`` and
+       ``W_g`` (per gradient direction) is 1 where |grad chi_fast| is below its 50th percentile
+       in the mask, falling to 0 at the 70th (the artifacts are estimated where the fast
+       estimate has no true edges).
+    4. **Subtraction**: ``chi = mask * (chi_lsqr - chi_sa)``.
+
+    The percentiles, thresholds and tolerances are the defaults of the authors' STI Suite as
+    reproduced in QSM.jl / QSM.m. Two choices made here: the weights of steps 1 and 3 are
+    computed from absolute values (|Laplacian|, |gradient|), as the paper describes them; and
+    step 1 runs LSQR on the rectangular weighted system (2 FFT pairs per iteration) rather than
+    on its normal equations.
+
+    Parameters
+    ----------
+    field : (X, Y, Z) array
+        Local field in ppm. Only the voxels in ``mask`` are used.
+    mask : (X, Y, Z) array
+        Region of interest.
+    voxel_size : 3 floats
+        Voxel size in mm.
+    b0_dir : 3 floats
+        B0 direction in voxel coordinates. Default: the third axis.
+    tol, max_iter : float, int
+        LSMR tolerance (``atol = btol``) and iteration limit of step 3. Defaults 1e-2 and 50.
+    tol_lsqr, max_iter_lsqr : float, int
+        LSQR tolerance and iteration limit of step 1. Defaults 1e-2 and 50.
+    threshold_cone : float
+        |D| below which k-space belongs to the ill-conditioned cone in step 3. Default 0.1.
+    pad : "auto", int or 3 ints
+        Zero padding of the FFT grid (see :func:`metaqsm.kernels.padded_shape`). Default 0: the
+        volume's own grid, as STI Suite.
+    progress : bool
+        Show a tqdm progress bar over the four steps. Default False.
+
+    Returns
+    -------
+    chi : (X, Y, Z) float32 array
+        Susceptibility in ppm, zero outside the mask.
+
+    Raises
+    ------
+    ValueError
+        For invalid field, mask, voxel size or B0 direction (see :func:`metaqsm.inversion.tkd`)
+        or non-positive tolerances / iteration limits / ``threshold_cone``.
+
+    References
+    ----------
+    Li W, Wang N, Yu F, Han H, Cao W, Romero R, Tantiwongkosi B, Duong TQ, Liu C. A method for
+    estimating and removing streaking artifacts in quantitative susceptibility mapping.
+    NeuroImage 2015;108:111-122.
+    Li W, Wu B, Liu C. Quantitative susceptibility mapping of human brain reflects spatial
+    variation in tissue composition. NeuroImage 2011;55:1645-1656.
+    Paige CC, Saunders MA. LSQR: an algorithm for sparse linear equations and sparse least
+    squares. ACM Trans Math Softw 1982;8:43-71.
+    Fong DC-L, Saunders M. LSMR: an iterative algorithm for sparse least-squares problems.
+    SIAM J Sci Comput 2011;33:2950-2971.
+    """
+    f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
+    tol = _common.check_tol(tol)
+    max_iter = _common.check_max_iter(max_iter)
+    tol_lsqr = _common.check_tol(tol_lsqr, "tol_lsqr")
+    max_iter_lsqr = _common.check_max_iter(max_iter_lsqr, "max_iter_lsqr")
+    threshold_cone = as_positive(threshold_cone, "threshold_cone")
+
+    shape = _common.padded(f.shape, pad)
+    fp = _common.pad(f, shape)
+    mp = _common.pad(m, shape)
+    D = dipole_kernel(shape, voxel_size=vsz, b0_dir=b)
+
+    bar = _common.progress_bar(4, progress, "ilsqr")
+    try:
+        x_lsqr = _weighted_lsqr(fp, mp, D, vsz, tol_lsqr, max_iter_lsqr)
+        bar.update()
+        x_fast = _fast_estimate(fp, mp, D, vsz)
+        bar.update()
+        x_sa = _streaking(x_lsqr, x_fast, mp, D, vsz, threshold_cone, tol, max_iter)
+        bar.update()
+        x = x_lsqr - x_sa
+        x *= mp
+        bar.update()
+    finally:
+        bar.close()
+    return _common.crop(x, f.shape).astype(np.float32, copy=False)
+
+
+def _conv(x, K, shape):
+    X = sfft.rfftn(np.asarray(x, np.float32).reshape(shape), workers=WORKERS)
+    X *= K
+    return sfft.irfftn(X, s=shape, workers=WORKERS)
+
+
+def _weighted_lsqr(fp, mp, D, vsz, tol, max_iter):
+    """Step 1: LSQR on min ||sqrt(w) (D chi - f)||, w from the field's Laplacian (Eq. 7)."""
+    shape = fp.shape
+    n = fp.size
+    w = _common.ramp_weights(laplacian(fp, voxel_size=vsz), mp, 60.0, 99.9)
+    w[~mp] = 1.0  # the local field is zero outside the mask: fit it there with full weight
+    sw = np.sqrt(w).ravel()
+
+    def matvec(x):
+        return (sw * _conv(x, D, shape).ravel()).astype(np.float64)
+
+    def rmatvec(y):
+        return _conv(sw * np.asarray(y, np.float32).ravel(), D, shape).ravel().astype(np.float64)
+
+    A = LinearOperator((n, n), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+    x = lsqr(A, (sw * fp.ravel()).astype(np.float64), atol=tol, btol=tol, iter_lim=max_iter)[0]
+    return (x.reshape(shape) * mp).astype(np.float32)
+
+
+def _fast_estimate(fp, mp, D, vsz):
+    """Step 2: the fast k-space estimate (FastQSM, Eqs. 8-14)."""
+    shape = fp.shape
+    F = sfft.rfftn(fp, workers=WORKERS)
+    aD = np.abs(D)
+    wk = aD ** np.float32(1e-3)
+    p1, p30 = np.percentile(wk, [1.0, 30.0])
+    wk = np.clip((wk - p1) / np.float32(max(p30 - p1, 1e-12)), 0.0, 1.0).astype(np.float32)
+    h = smv_kernel(shape, voxel_size=vsz, radius=3.0)
+    blend = wk + (1.0 - wk) * h  # w X + (1 - w) h X = (w + (1 - w) h) X
+    del h
+
+    X = np.sign(D) * F
+    x = sfft.irfftn(X * blend, s=shape, workers=WORKERS) * mp
+    x = sfft.irfftn(sfft.rfftn(x, workers=WORKERS) * blend, s=shape, workers=WORKERS) * mp
+
+    t0 = np.float32(1.0 / 8.0)
+    with np.errstate(divide="ignore"):
+        iD = np.where(aD < t0, np.where(D < 0, -1.0 / t0, 1.0 / t0), 1.0 / D).astype(np.float32)
+    x_tkd = sfft.irfftn(F * iD, s=shape, workers=WORKERS)
+
+    # Eq. 13-14: scale and offset of the fast estimate to the TKD solution (over the mask)
+    a_mat = np.stack([x[mp], np.ones(int(mp.sum()), np.float32)], axis=1).astype(np.float64)
+    (a, c), *_ = np.linalg.lstsq(a_mat, x_tkd[mp].astype(np.float64), rcond=None)
+    out = np.zeros(shape, np.float32)
+    out[mp] = a * x[mp] + c
+    return out
+
+
+def _streaking(x_lsqr, x_fast, mp, D, vsz, threshold_cone, tol, max_iter):
+    """Step 3: the streaking artifact, restricted to the ill-conditioned cone, by LSMR."""
+    shape = x_lsqr.shape
+    n = x_lsqr.size
+    g = np.empty((3,) + shape, np.float32)
+    _common.grad_into(x_fast, vsz, g)
+    wg = np.empty_like(g)
+    for i in range(3):
+        wg[i] = _common.ramp_weights(np.abs(g[i]), mp, 50.0, 70.0)
+    mic = (np.abs(D) < threshold_cone).astype(np.float32)
+    tmp = np.empty(shape, np.float32)
+    tmp2 = np.empty(shape, np.float32)
+
+    def matvec(x):
+        y = _conv(x, mic, shape).astype(np.float32, copy=False)
+        out = np.empty((3,) + shape, np.float32)
+        _common.grad_into(y, vsz, out)
+        out *= wg
+        return out.ravel().astype(np.float64)
+
+    def rmatvec(r):
+        r = np.asarray(r, np.float32).reshape((3,) + shape) * wg
+        _common.div_into(r, vsz, tmp, tmp2)  # grad^T = -div
+        np.negative(tmp, out=tmp)
+        return _conv(tmp, mic, shape).ravel().astype(np.float64)
+
+    A = LinearOperator((3 * n, n), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+    _common.grad_into(x_lsqr, vsz, g)
+    g *= wg
+    x = lsmr(A, g.ravel().astype(np.float64), atol=tol, btol=tol, maxiter=max_iter)[0]
+    return (x.reshape(shape) * mp).astype(np.float32)
