@@ -112,6 +112,13 @@ def check_output_paths(paths, *, force=False):
             raise FileNotFoundError(f"output folder {parent} does not exist")
 
 
+def _umask():
+    """The process's file-creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, *, force=False):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -129,6 +136,9 @@ def atomic_path(path, *, force=False):
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name.split('.')[0]}.", suffix=suffix, dir=parent)
     os.close(fd)
     try:
+        # mkstemp creates the file readable by its owner only (0600); give the output the mode
+        # any new file gets (0666 minus the umask), as a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         yield Path(tmp)
         os.replace(tmp, p)
     except BaseException:
