@@ -1,0 +1,315 @@
+"""Report figures: orthogonal slices of every method side by side, box plots and sweep plots.
+
+Slices are shown in radiological anatomy terms on a RAS+ grid (the volume is reoriented to the
+closest RAS+ orientation when its affine is known; synthetic volumes are taken as RAS+ already):
+axial views with anterior up, coronal and sagittal views with superior up, the patient's right on
+the right of axial and coronal views (neurological convention), anterior on the right of sagittal
+views. Each panel is drawn with its physical extent in mm, so anisotropic voxels keep their shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+VIEWS = ("axial", "coronal", "sagittal")
+# orientation letters (left, right, bottom, top) of each view on a RAS+ grid
+_LETTERS = {"axial": ("L", "R", "P", "A"), "coronal": ("L", "R", "I", "S"),
+            "sagittal": ("P", "A", "I", "S")}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _to_ras(vol, affine):
+    """Reorient ``vol`` to the closest RAS+ orientation; returns (array, axis permutation)."""
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(np.asarray(affine, float))
+    return nio.apply_orientation(np.asarray(vol), ornt), ornt
+
+
+def case_slices(sample, index=None):
+    """A function that cuts the same three orthogonal slices out of any volume of ``sample``.
+
+    Parameters
+    ----------
+    sample : dict
+        With ``mask`` (its centre of mass places the slices unless ``index`` is given),
+        ``voxel_size`` (mm) and optionally ``affine`` (for the reorientation to RAS+).
+    index : 3 ints, optional
+        Slice indices on the RAS+ grid.
+
+    Returns
+    -------
+    callable
+        ``slicer(volume) -> dict`` with 2D arrays ``axial``, ``coronal``, ``sagittal`` (rows from
+        bottom to top, for ``origin="lower"``), their ``extent_*`` in mm and the ``index``.
+    """
+    from scipy.ndimage import center_of_mass
+
+    affine = sample.get("affine")
+    vsz = np.asarray(sample["voxel_size"], float)
+    if affine is not None:
+        mask, ornt = _to_ras(sample["mask"], affine)
+        vsz_ras = np.empty(3)
+        vsz_ras[ornt[:, 0].astype(int)] = vsz
+    else:
+        mask, ornt, vsz_ras = np.asarray(sample["mask"]), None, vsz
+    if index is None:
+        com = center_of_mass(mask.astype(np.float32)) if mask.any() else np.array(mask.shape) / 2
+        index = [int(np.clip(round(c), 0, n - 1)) for c, n in zip(com, mask.shape)]
+    i, j, k = (int(v) for v in index)
+    nx, ny, nz = mask.shape
+    dx, dy, dz = vsz_ras
+
+    def slicer(volume):
+        import nibabel.orientations as nio
+
+        v = np.asarray(volume)
+        if ornt is not None:
+            v = nio.apply_orientation(v, ornt)
+        if v.dtype == bool:
+            v = v.astype(np.uint8)
+        return {
+            "axial": np.ascontiguousarray(v[:, :, k].T),
+            "coronal": np.ascontiguousarray(v[:, j, :].T),
+            "sagittal": np.ascontiguousarray(v[i, :, :].T),
+            "extent_axial": np.array([0, nx * dx, 0, ny * dy]),
+            "extent_coronal": np.array([0, nx * dx, 0, nz * dz]),
+            "extent_sagittal": np.array([0, ny * dy, 0, nz * dz]),
+            "index": np.array([i, j, k]),
+        }
+
+    return slicer
+
+
+def load_slices(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _masked(sl, mask_sl):
+    a = np.asarray(sl, float).copy()
+    if mask_sl is not None:
+        a[np.asarray(mask_sl) == 0] = np.nan
+    return a
+
+
+def _sym_window(arrays, pct=99.5):
+    vals = np.concatenate([np.abs(a[np.isfinite(a)]).ravel() for a in arrays if a is not None] or [np.zeros(1)])
+    v = float(np.percentile(vals, pct)) if vals.size else 0.0
+    return v if v > 0 else 1e-3
+
+
+def _grey():
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gray"].copy()
+    cmap.set_bad("black")
+    return cmap
+
+
+def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi_window=None,
+                 error_window=None, dpi=110):
+    """Orthogonal slices of the field, the truth and every reconstruction, with error maps.
+
+    Parameters
+    ----------
+    path : path
+        PNG to write.
+    rows : list of (label, slices)
+        One row per method: its label (e.g. "TKD\\nRMSE 61.2%") and the dict of
+        :func:`case_slices`.
+    field, truth, mask : slices dicts, optional
+        The local field (own symmetric grey scale, ppm), the true susceptibility, and the mask
+        (outside it is shown black).
+    chi_window : float, optional
+        Half width (ppm) of the shared symmetric grey scale of truth and reconstructions; default
+        the 99.5th percentile of |truth| (or of the reconstructions without truth).
+    error_window : float, optional
+        Half width (ppm) of the symmetric grey scale of the error maps (reconstruction - truth).
+
+    Returns
+    -------
+    Path
+    """
+    plt = _plt()
+    from matplotlib import gridspec
+
+    ref = truth or field or rows[0][1]
+    mviews = {v: (mask[v] if mask is not None else None) for v in VIEWS}
+
+    def img(sl, v):
+        return _masked(sl[v], mviews[v])
+
+    all_rows = []
+    if field is not None:
+        all_rows.append(("local field", field, "field"))
+    if truth is not None:
+        all_rows.append(("truth", truth, "chi"))
+    all_rows += [(label, sl, "recon") for label, sl in rows]
+    with_err = truth is not None and rows
+    if chi_window is None:
+        src = [img(truth, v) for v in VIEWS] if truth is not None else \
+            [img(sl, v) for _, sl in rows for v in VIEWS]
+        chi_window = _sym_window(src, pct=98.0)  # veins and bleeds saturate; tissue contrast shows
+    errs = {}
+    if with_err:
+        for label, sl in rows:
+            errs[label] = {v: img(sl, v) - img(truth, v) for v in VIEWS}
+        if error_window is None:
+            error_window = _sym_window([e[v] for e in errs.values() for v in VIEWS])
+    field_window = _sym_window([img(field, v) for v in VIEWS]) if field is not None else None
+
+    ext = {v: ref[f"extent_{v}"] for v in VIEWS}
+    aspect = [float((ext[v][1] - ext[v][0]) / (ext[v][3] - ext[v][2])) for v in VIEWS]
+    widths = aspect + [0.08] + ([0.5] + aspect + [0.08] if with_err else [])
+    ncols = len(widths)
+    nrows = len(all_rows)
+    row_h = 1.55
+    fig_w = row_h * sum(widths) + 2.4
+    fig = plt.figure(figsize=(fig_w, row_h * nrows + 0.9))
+    gs = gridspec.GridSpec(nrows, ncols, figure=fig, width_ratios=widths, wspace=0.04, hspace=0.06,
+                           left=1.7 / fig_w, right=1 - 0.7 / fig_w, top=1 - 0.55 / (row_h * nrows + 0.9),
+                           bottom=0.1 / (row_h * nrows + 0.9))
+    cmap = _grey()
+    chi_im = err_im = None
+    chi_rows, err_rows = [], []
+    for r, (label, sl, kind) in enumerate(all_rows):
+        win = field_window if kind == "field" else chi_window
+        for c, v in enumerate(VIEWS):
+            ax = fig.add_subplot(gs[r, c])
+            im = ax.imshow(img(sl, v), cmap=cmap, vmin=-win, vmax=win, origin="lower",
+                           extent=ext[v], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
+            if r == 0:
+                idx = ref["index"]
+                ax.set_title(f"{v} ({'xyz'[2 - c]}={int(idx[2 - c])})", fontsize=9)
+                _letters(ax, v)
+            if kind == "field":
+                field_im = im
+            else:
+                chi_im = im
+        if kind == "field":
+            cax = fig.add_subplot(gs[r, 3])
+            cb = fig.colorbar(field_im, cax=cax)
+            cb.set_label("field (ppm)", fontsize=8)
+            cb.ax.tick_params(labelsize=7)
+        else:
+            chi_rows.append(r)
+        if with_err and kind == "recon":
+            err_rows.append(r)
+            for c, v in enumerate(VIEWS):
+                ax = fig.add_subplot(gs[r, 5 + c])
+                err_im = ax.imshow(errs[label][v], cmap=cmap, vmin=-error_window, vmax=error_window,
+                                   origin="lower", extent=ext[v], interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == err_rows[0]:
+                    ax.set_title(f"error, {v}", fontsize=9)
+    if chi_rows:
+        cax = fig.add_subplot(gs[chi_rows[0]:chi_rows[-1] + 1, 3])
+        cb = fig.colorbar(chi_im, cax=cax)
+        cb.set_label("susceptibility (ppm)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+    if err_rows:
+        cax = fig.add_subplot(gs[err_rows[0]:err_rows[-1] + 1, ncols - 1])
+        cb = fig.colorbar(err_im, cax=cax)
+        cb.set_label("error: method - truth (ppm)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path, dpi)
+    return path
+
+
+def _letters(ax, view):
+    left, right, bottom, top = _LETTERS[view]
+    kw = {"color": "yellow", "fontsize": 7, "transform": ax.transAxes, "fontweight": "bold"}
+    ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
+    ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
+
+
+def _save(fig, path, dpi):
+    from ..io import atomic_path
+
+    plt = _plt()
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def box_plot(path, values, *, metrics, title="", dpi=110):
+    """One panel per metric, one box per method.
+
+    Parameters
+    ----------
+    values : dict
+        ``{method label: {metric key: list of values}}`` (methods in column order).
+    metrics : list of (key, axis label)
+    """
+    plt = _plt()
+    labels = list(values)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.2, 0.75 * len(labels) + 1.2) * len(metrics), 3.6),
+                             squeeze=False)
+    for ax, (key, name) in zip(axes[0], metrics):
+        data = [np.asarray(values[m].get(key, []), float) for m in labels]
+        ax.boxplot([d if d.size else [np.nan] for d in data], showmeans=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(name)
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, Path(path), dpi)
+    return Path(path)
+
+
+def sweep_plot(path, points, series, *, xlabel, ylabel="RMSE (%)", title="", categorical=False,
+               dpi=110):
+    """Mean +- standard deviation of a metric against a swept quantity, one line per method.
+
+    Parameters
+    ----------
+    points : list of (x, x_label)
+        The sweep's positions (in plotting order).
+    series : dict
+        ``{method label: list of (mean, sd) or None}`` aligned with ``points``.
+    categorical : bool
+        Place the points evenly and label them (voxel sizes) instead of on a numeric axis.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    xs = np.arange(len(points), dtype=float) if categorical else np.array([p[0] for p in points], float)
+    for label, vals in series.items():
+        mean = np.array([np.nan if v is None else v[0] for v in vals], float)
+        sd = np.array([np.nan if v is None else v[1] for v in vals], float)
+        if np.all(np.isnan(mean)):
+            continue
+        ax.errorbar(xs, mean, yerr=sd, marker="o", capsize=3, label=label)
+    ax.set_xticks(xs, [p[1] for p in points])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, Path(path), dpi)
+    return Path(path)

@@ -1,0 +1,575 @@
+"""What an evaluation runs: suites of test sets (groups of cases) and the methods compared on them.
+
+A :class:`Suite` is a list of :class:`Group` s (one per table of the report); a group holds its
+:class:`Case` s (volumes with a known truth, loaded lazily so a resumed run never builds a volume
+whose results are all on disk) and the :class:`MethodSpec` s compared on them.
+
+The suites reproduce the experiments of the Meta-QSM paper (Zhang et al., SPIE Medical Imaging
+2022, sections 3-4):
+
+* ``paper``: Table 1 (test set "paper": TKD with threshold 0.2, iLSQR, MEDI with lambda 1000, TV,
+  Meta-QSM) and Tables 2-3 (test sets at 0.5 x 0.5 x 2.0 and 0.7639 x 0.7639 x 3.0 mm: Mesa-QSM at
+  its own resolution, Meta-QSM, the other Mesa-QSM applied as is, and the other Mesa-QSM after
+  naive interpolation of the field to its resolution and back).
+* ``resolution``: RMSE against voxel size (0.6 and 1.0 mm isotropic, 0.5 x 0.5 x 2, 0.76 x 0.76 x 3
+  and 1 x 1 x 4 mm).
+* ``orientation``: RMSE against the tilt of B0 (0, 15 and 30 degrees).
+* ``fansi``: the FANSI phantom (0.9375 x 0.9375 x 1.5 mm), its local field simulated with the core's
+  forward model plus Gaussian noise.
+* ``quick``: three small phantoms (64 x 64 x 32) for tests and smoke runs (about a minute).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .._validate import as_b0_dir, as_int, as_voxel_size
+
+# Display names of the registered methods (table columns, figure labels).
+DISPLAY = {
+    "tkd": "TKD",
+    "tsvd": "TSVD",
+    "tikhonov": "Tikhonov",
+    "ilsqr": "iLSQR",
+    "medi": "MEDI",
+    "tv": "TV",
+    "meta": "Meta-QSM",
+    "mesa": "Mesa-QSM",
+}
+NETWORKS = ("meta", "mesa")
+
+# The paper's parameters (section 3.4): TKD threshold 0.20, MEDI regularisation factor 1000.
+PAPER_PARAMS = {
+    "tkd": {"threshold": 0.2},
+    "medi": {"lam": 1000.0},
+}
+
+PAPER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
+QUICK_METHODS = ("tkd", "ilsqr", "tv", "meta")
+USER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
+
+# The two Mesa-QSM resolutions of the paper (section 3.2), mm.
+MESA_RESOLUTIONS = {
+    "0.5x0.5x2": (0.5, 0.5, 2.0),
+    "0.7639x0.7639x3": (0.7639, 0.7639, 3.0),
+}
+PAPER_RES_TESTSETS = {"0.5x0.5x2": "res_0.5x0.5x2", "0.7639x0.7639x3": "res_0.7639x0.7639x3"}
+
+# Sweeps (issue 6): voxel sizes in mm and B0 tilts in degrees.
+RESOLUTION_SWEEP = (
+    ("0.6 iso", (0.6, 0.6, 0.6)),
+    ("1.0 iso", (1.0, 1.0, 1.0)),
+    ("0.5x0.5x2", (0.5, 0.5, 2.0)),
+    ("0.76x0.76x3", (0.76, 0.76, 3.0)),
+    ("1x1x4", (1.0, 1.0, 4.0)),
+)
+ORIENTATION_SWEEP = (0.0, 15.0, 30.0)
+SWEEP_SHAPE = (128, 128, 64)
+SWEEP_VOXEL_SIZE = (0.75, 0.75, 2.0)  # the orientation sweep's voxel size, mm
+SWEEP_SEED = 20_260_707  # disjoint from the training seeds of the synthetic generator
+SWEEP_N = 10
+
+# FANSI case: Gaussian noise added to the simulated local field, ppm (about 1% of its range).
+FANSI_NOISE_PPM = 0.002
+FANSI_SEED = 7
+
+# Quick suite: brain phantoms with a few voxel sizes and one tilted B0.
+QUICK_SHAPE = (64, 64, 32)
+QUICK_CASES = (
+    ((1.0, 1.0, 2.0), 0.0),
+    ((0.8, 0.8, 2.5), 0.0),
+    ((1.0, 1.0, 2.0), 15.0),
+)
+QUICK_NOISE_PPM = 0.002
+QUICK_SEED = 0
+
+SUITES = ("quick", "paper", "resolution", "orientation", "fansi")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One column of a table: a registered method with its parameters.
+
+    Attributes
+    ----------
+    label : str
+        Column name (also the file name stem of its results, after :func:`slug`).
+    method : str
+        Name in :data:`metaqsm.inversion.METHODS`.
+    params : dict
+        Keyword arguments of the method.
+    resample_to : 3 floats or None
+        Naive interpolation: resample the field (and mask) to this voxel size, reconstruct there and
+        resample the result back to the case's grid (paper Tables 2-3).
+    """
+
+    label: str
+    method: str
+    params: dict = field(default_factory=dict)
+    resample_to: tuple | None = None
+
+    def describe(self):
+        return {"label": self.label, "method": self.method, "params": dict(self.params),
+                "resample_to": None if self.resample_to is None else list(self.resample_to)}
+
+
+@dataclass
+class Case:
+    """One volume with a known truth (or none, for real data), built on demand.
+
+    ``load()`` returns a dict with ``field``, ``mask``, ``voxel_size``, ``b0_dir`` and optionally
+    ``chi`` (the truth, ppm), ``labels``, ``affine``, ``magnitude``.
+    """
+
+    id: str
+    load: Callable[[], dict]
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    """One table of the report: cases and the methods compared on them.
+
+    Attributes
+    ----------
+    fixed : bool
+        The methods are a fixed design (paper Tables 2-3): ``--methods`` filters them by registry
+        name instead of replacing them.
+    sweep : str or None
+        Name of the swept quantity (e.g. "voxel size (mm)"); ``x`` and ``x_label`` place the group
+        on the sweep's axis.
+    figure_cases : int
+        How many of the first cases get a slice figure.
+    """
+
+    name: str
+    title: str
+    cases: list
+    specs: list
+    description: str = ""
+    fixed: bool = False
+    sweep: str | None = None
+    x: float | None = None
+    x_label: str | None = None
+    figure_cases: int = 1
+    source: dict = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    """A named set of groups; ``save_volumes`` writes every reconstruction as NIfTI."""
+
+    name: str
+    title: str
+    groups: list
+    description: str = ""
+    save_volumes: bool = False
+    has_truth: bool = True
+
+
+def slug(text):
+    """A file-name-safe version of ``text`` ("Mesa-QSM (0.5x0.5x2)" -> "mesa-qsm_0.5x0.5x2")."""
+    s = re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text).strip().lower()).strip("_")
+    return s or "x"
+
+
+def default_spec(name, params=None):
+    """The spec of a registered method with the paper's parameters (or ``params``)."""
+    from ..inversion import METHODS
+
+    if name not in METHODS:
+        raise ValueError(f"--methods must be among {', '.join(METHODS)}, got {name!r}")
+    p = dict(PAPER_PARAMS.get(name, {})) if params is None else dict(params)
+    return MethodSpec(label=DISPLAY.get(name, name), method=name, params=p)
+
+
+def check_methods(methods):
+    """Validate method names; returns a tuple (``ValueError`` names the unknown one)."""
+    from ..inversion import METHODS
+
+    if methods is None:
+        return None
+    if isinstance(methods, str):
+        methods = [methods]
+    out = []
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"--methods must be among {', '.join(METHODS)}, got {m!r}")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ValueError("--methods must name at least one method")
+    return tuple(out)
+
+
+def _fmt_vsz(v):
+    return "x".join(f"{x:g}" for x in v)
+
+
+def _tilted(deg):
+    t = np.deg2rad(deg)
+    return (float(np.sin(t)), 0.0, float(np.cos(t)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Case builders
+
+
+def _phantom_case(index, shape, voxel_size, tilt_deg, noise, seed):
+    from ..kernels import forward_field
+    from ..simulate.phantoms import brain_phantom
+
+    ph = brain_phantom(shape, voxel_size=voxel_size, rng=seed + index)
+    b0 = np.asarray(_tilted(tilt_deg))
+    field_ = forward_field(ph.chi, voxel_size=voxel_size, b0_dir=b0)
+    rng = np.random.default_rng(seed + 1000 + index)
+    field_ = (field_ + noise * rng.standard_normal(shape)).astype(np.float32) * ph.mask
+    return {"field": field_.astype(np.float32), "chi": ph.chi, "mask": ph.mask,
+            "labels": ph.labels, "voxel_size": np.asarray(voxel_size, float), "b0_dir": b0}
+
+
+def _testset_case(name, index):
+    from ..simulate.testsets import testset_sample
+
+    return dict(testset_sample(name, index))
+
+
+def _synth_case(index, voxel_size, tilt_deg, seed):
+    from ..simulate import synth
+
+    config = synth_config(voxel_size, tilt_deg)
+    sample = synth.generate_sample(index, config=config, seed=seed)
+    return dict(sample)
+
+
+def synth_config(voxel_size, tilt_deg):
+    """The synthetic-data configuration of a sweep point: fixed voxel size, fixed B0 tilt."""
+    from ..simulate import synth
+
+    return synth.SynthConfig(shape=SWEEP_SHAPE, voxel_size_range=(tuple(voxel_size), tuple(voxel_size)),
+                             max_tilt_deg=float(tilt_deg), fixed_tilt=True)
+
+
+def _fansi_case(directory, noise, seed):
+    from ..io import load_nifti
+    from ..kernels import forward_field
+
+    d = Path(directory)
+    chi = load_nifti(d / "chi.nii.gz", name="FANSI chi", ndim=3)
+    mask = load_nifti(d / "mask.nii.gz", name="FANSI mask", ndim=3).data > 0
+    truth = chi.data * mask
+    field_ = forward_field(truth, voxel_size=chi.voxel_size, b0_dir=chi.b0_dir)
+    rng = np.random.default_rng(seed)
+    field_ = (field_ + noise * rng.standard_normal(field_.shape)) * mask
+    return {"field": field_.astype(np.float32), "chi": truth.astype(np.float32), "mask": mask,
+            "voxel_size": chi.voxel_size, "b0_dir": chi.b0_dir, "affine": chi.affine}
+
+
+def default_fansi_dir():
+    """``../shared/data/fansi-phantom`` beside the checkout (or $METAQSM_FANSI)."""
+    import os
+
+    env = os.environ.get("METAQSM_FANSI")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent.parent / "shared" / "data" / "fansi-phantom"
+        if cand.is_dir():
+            return cand
+    return Path("..") / "shared" / "data" / "fansi-phantom"
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites
+
+
+def _limit(n, total):
+    if n is None:
+        return total
+    return min(as_int(n, "--n", minimum=1), total)
+
+
+def _free_specs(methods, default):
+    return [default_spec(m) for m in (methods or default)]
+
+
+def _mesa_spec(res_key, test_key):
+    """Mesa trained at ``res_key`` applied to the test set at ``test_key`` (as is)."""
+    own = res_key == test_key
+    label = f"Mesa-QSM ({res_key})" if own else f"Mesa-QSM ({res_key}, as is)"
+    return MethodSpec(label=label, method="mesa", params={"weights": mesa_weights(res_key)})
+
+
+def mesa_weights(res_key):
+    """Name of the shipped Mesa-QSM model trained at ``res_key`` (see :mod:`metaqsm.dl.infer`)."""
+    return f"mesa_{res_key}"
+
+
+def _paper_suite(methods, n):
+    from ..simulate.testsets import TESTSETS
+
+    groups = []
+    total = _testset_size(TESTSETS, "paper")
+    cases = [Case(f"{i:03d}", (lambda i=i: _testset_case("paper", i))) for i in range(_limit(n, total))]
+    groups.append(Group(
+        name="table1", title="Table 1: synthetic test set (256 x 256 x 64, random voxel sizes)",
+        cases=cases, specs=_free_specs(methods, PAPER_METHODS),
+        description="Paper section 3.1 / Table 1: the classical methods against Meta-QSM.",
+        source=testset_info(TESTSETS, "paper")))
+    for number, (key, other) in ((2, ("0.5x0.5x2", "0.7639x0.7639x3")),
+                                 (3, ("0.7639x0.7639x3", "0.5x0.5x2"))):
+        tname = PAPER_RES_TESTSETS[key]
+        total = _testset_size(TESTSETS, tname)
+        cases = [Case(f"{i:03d}", (lambda i=i, t=tname: _testset_case(t, i)))
+                 for i in range(_limit(n, total))]
+        specs = [
+            _mesa_spec(key, key),
+            default_spec("meta"),
+            _mesa_spec(other, key),
+            MethodSpec(label=f"Mesa-QSM ({other}, interpolated)", method="mesa",
+                       params={"weights": mesa_weights(other)}, resample_to=MESA_RESOLUTIONS[other]),
+        ]
+        if methods is not None:
+            specs = [s for s in specs if s.method in methods]
+        groups.append(Group(
+            name=f"table{number}", title=f"Table {number}: test set at {key.replace('x', ' x ')} mm",
+            cases=cases, specs=specs, fixed=True,
+            description=(f"Paper section 3.2 / Table {number}: Mesa-QSM trained at {key} mm, Meta-QSM, "
+                         f"and the Mesa-QSM trained at {other} mm applied as is and after naive "
+                         f"interpolation of the field to {other} mm and of the result back."),
+            source=testset_info(TESTSETS, tname)))
+    return Suite(name="paper", title="Meta-QSM paper: Tables 1-3", groups=groups,
+                 description="The synthetic experiments of the Meta-QSM paper (sections 3.1-3.2).")
+
+
+def _testset_size(testsets, name):
+    entry = testsets[name]
+    for key in ("n", "size", "count", "n_volumes"):
+        if isinstance(entry, dict) and key in entry:
+            return int(entry[key])
+        if hasattr(entry, key):
+            return int(getattr(entry, key))
+    if isinstance(entry, (int, np.integer)):
+        return int(entry)
+    raise ValueError(f"cannot tell the size of test set {name!r} from {entry!r}")
+
+
+def testset_info(testsets, name):
+    """A JSON-able description (recipe, seeds, version) of a test set."""
+    import dataclasses
+
+    entry = testsets[name]
+    if dataclasses.is_dataclass(entry):
+        info = dataclasses.asdict(entry)
+    elif isinstance(entry, dict):
+        info = dict(entry)
+    else:
+        info = {"value": repr(entry)}
+    info = {k: (v if isinstance(v, (int, float, str, bool, type(None), list, tuple, dict)) else repr(v))
+            for k, v in info.items()}
+    info["testset"] = name
+    from ..simulate import testsets as mod
+
+    for attr in ("TESTSET_VERSION", "VERSION"):
+        if hasattr(mod, attr):
+            info["version"] = getattr(mod, attr)
+            break
+    return info
+
+
+def _resolution_suite(methods, n):
+    groups = []
+    count = _limit(n, SWEEP_N)
+    for i, (label, vsz) in enumerate(RESOLUTION_SWEEP):
+        cases = [Case(f"{j:03d}", (lambda j=j, v=vsz: _synth_case(j, v, 0.0, SWEEP_SEED)))
+                 for j in range(count)]
+        groups.append(Group(
+            name=f"res_{slug(label)}", title=f"Voxel size {label} mm", cases=cases,
+            specs=_free_specs(methods, PAPER_METHODS), sweep="voxel size (mm)", x=float(i),
+            x_label=label,
+            description=f"Synthetic volumes of {SWEEP_SHAPE} at {_fmt_vsz(vsz)} mm, B0 along z.",
+            source={"generator": "metaqsm.simulate.synth.generate_sample", "seed": SWEEP_SEED,
+                    "voxel_size": list(vsz), "tilt_deg": 0.0, "shape": list(SWEEP_SHAPE)}))
+    return Suite(name="resolution", title="RMSE against voxel size", groups=groups,
+                 description="Issue 6 resolution sweep: one network for every voxel size.")
+
+
+def _orientation_suite(methods, n):
+    groups = []
+    count = _limit(n, SWEEP_N)
+    for tilt in ORIENTATION_SWEEP:
+        cases = [Case(f"{j:03d}", (lambda j=j, t=tilt: _synth_case(j, SWEEP_VOXEL_SIZE, t, SWEEP_SEED)))
+                 for j in range(count)]
+        groups.append(Group(
+            name=f"tilt_{tilt:g}", title=f"B0 tilted by {tilt:g} degrees", cases=cases,
+            specs=_free_specs(methods, PAPER_METHODS), sweep="B0 tilt (degrees)", x=float(tilt),
+            x_label=f"{tilt:g}",
+            description=(f"Synthetic volumes of {SWEEP_SHAPE} at {_fmt_vsz(SWEEP_VOXEL_SIZE)} mm, "
+                         f"B0 tilted by {tilt:g} degrees from the third axis."),
+            source={"generator": "metaqsm.simulate.synth.generate_sample", "seed": SWEEP_SEED,
+                    "voxel_size": list(SWEEP_VOXEL_SIZE), "tilt_deg": tilt,
+                    "shape": list(SWEEP_SHAPE)}))
+    return Suite(name="orientation", title="RMSE against B0 direction", groups=groups,
+                 description="Issue 6 orientation sweep: one network for every B0 direction.")
+
+
+def _fansi_suite(methods, n, fansi_dir=None):
+    d = Path(fansi_dir) if fansi_dir is not None else default_fansi_dir()
+    if not (d / "chi.nii.gz").exists():
+        raise FileNotFoundError(f"FANSI phantom not found: {d / 'chi.nii.gz'} "
+                                "(set METAQSM_FANSI to its folder)")
+    case = Case("fansi", lambda: _fansi_case(d, FANSI_NOISE_PPM, FANSI_SEED))
+    group = Group(
+        name="fansi", title="FANSI phantom (0.9375 x 0.9375 x 1.5 mm)", cases=[case],
+        specs=_free_specs(methods, PAPER_METHODS),
+        description=(f"Local field simulated with the core's forward model at the phantom's own "
+                     f"voxel size, plus Gaussian noise of {FANSI_NOISE_PPM} ppm (seed {FANSI_SEED})."),
+        source={"path": str(d), "noise_ppm": FANSI_NOISE_PPM, "seed": FANSI_SEED})
+    return Suite(name="fansi", title="FANSI phantom", groups=[group],
+                 description="An evaluation case never used for training or tuning.")
+
+
+def _quick_suite(methods, n):
+    count = _limit(n, len(QUICK_CASES))
+    cases = []
+    for i, (vsz, tilt) in enumerate(QUICK_CASES[:count]):
+        cases.append(Case(f"{i:03d}", (lambda i=i, v=vsz, t=tilt: _phantom_case(
+            i, QUICK_SHAPE, v, t, QUICK_NOISE_PPM, QUICK_SEED)),
+            info={"voxel_size": list(vsz), "tilt_deg": tilt}))
+    group = Group(
+        name="quick", title=f"Quick: brain phantoms of {QUICK_SHAPE[0]} x {QUICK_SHAPE[1]} x {QUICK_SHAPE[2]}",
+        cases=cases, specs=_free_specs(methods, QUICK_METHODS), figure_cases=1,
+        description=("metaqsm.simulate.phantoms.brain_phantom at "
+                     + ", ".join(f"{_fmt_vsz(v)} mm (tilt {t:g} deg)" for v, t in QUICK_CASES[:count])
+                     + f"; local field by the core's forward model plus {QUICK_NOISE_PPM} ppm noise."),
+        source={"generator": "metaqsm.simulate.phantoms.brain_phantom", "seed": QUICK_SEED,
+                "noise_ppm": QUICK_NOISE_PPM, "shape": list(QUICK_SHAPE),
+                "cases": [{"voxel_size": list(v), "tilt_deg": t} for v, t in QUICK_CASES[:count]]})
+    return Suite(name="quick", title="Quick evaluation", groups=[group], save_volumes=True,
+                 description="A smoke test of the evaluation: three small phantoms.")
+
+
+def build_suite(name, *, methods=None, n=None, fansi_dir=None):
+    """Build a named suite.
+
+    Parameters
+    ----------
+    name : {"quick", "paper", "resolution", "orientation", "fansi"}
+    methods : sequence of str, optional
+        Registered method names; replaces the default methods of each table (or, for the paper's
+        Tables 2-3, keeps only the columns of these methods).
+    n : int, optional
+        At most this many volumes per test set.
+    fansi_dir : path, optional
+        Folder of the FANSI phantom (default ``../shared/data/fansi-phantom``).
+
+    Returns
+    -------
+    Suite
+
+    Raises
+    ------
+    ValueError
+        Unknown suite or method, or ``n`` < 1.
+    """
+    methods = check_methods(methods)
+    if n is not None:
+        as_int(n, "--n", minimum=1)
+    if name == "quick":
+        return _quick_suite(methods, n)
+    if name == "paper":
+        return _paper_suite(methods, n)
+    if name == "resolution":
+        return _resolution_suite(methods, n)
+    if name == "orientation":
+        return _orientation_suite(methods, n)
+    if name == "fansi":
+        return _fansi_suite(methods, n, fansi_dir)
+    raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {name!r}")
+
+
+def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=None, methods=None,
+               voxel_size=None, b0_dir=None):
+    """A one-case suite from a user's files (with a reference: metrics; without: real data).
+
+    Paths are checked here, before any work starts.
+    """
+    from ..io import load_nifti
+
+    methods = check_methods(methods) or USER_METHODS
+    paths = {"--field": field_path, "--mask": mask_path, "--reference": reference_path,
+             "--magnitude": magnitude_path}
+    for flag, p in paths.items():
+        if p is not None and not Path(p).exists():
+            raise FileNotFoundError(f"{flag}: no such file: {p}")
+
+    def load():
+        f = load_nifti(field_path, name="--field", ndim=3)
+        m = load_nifti(mask_path, name="--mask", ndim=3)
+        if m.data.shape != f.data.shape:
+            raise ValueError(f"--mask must have the shape of --field {f.data.shape}, got {m.data.shape}")
+        out = {"field": f.data, "mask": m.data > 0, "affine": f.affine,
+               "voxel_size": f.voxel_size if voxel_size is None else as_voxel_size(voxel_size, "--voxel-size"),
+               "b0_dir": f.b0_dir if b0_dir is None else as_b0_dir(b0_dir, "--b0-dir")}
+        if reference_path is not None:
+            r = load_nifti(reference_path, name="--reference", ndim=3)
+            if r.data.shape != f.data.shape:
+                raise ValueError(f"--reference must have the shape of --field {f.data.shape}, "
+                                 f"got {r.data.shape}")
+            out["chi"] = r.data
+        if magnitude_path is not None:
+            mag = load_nifti(magnitude_path, name="--magnitude", ndim=(3, 4))
+            data = mag.data if mag.data.ndim == 3 else np.sqrt(np.sum(mag.data ** 2, axis=-1))
+            if data.shape != f.data.shape:
+                raise ValueError(f"--magnitude must have the shape of --field {f.data.shape}, "
+                                 f"got {data.shape}")
+            out["magnitude"] = data.astype(np.float32)
+        return out
+
+    specs = []
+    for m in methods:
+        spec = default_spec(m)
+        specs.append(spec)
+    has_truth = reference_path is not None
+    case_id = slug(Path(field_path).name.split(".")[0])
+    group = Group(name="case", title=f"Case {Path(field_path).name}", cases=[Case(case_id, load)],
+                  specs=specs,
+                  description=(f"Local field {field_path}, mask {mask_path}"
+                               + (f", reference {reference_path}" if has_truth else
+                                  " (real data: no reference, no metrics)")),
+                  source={"field": str(field_path), "mask": str(mask_path),
+                          "reference": None if reference_path is None else str(reference_path),
+                          "magnitude": None if magnitude_path is None else str(magnitude_path)})
+    return Suite(name="user" if has_truth else "real", title="User case" if has_truth else "Real data",
+                 groups=[group], has_truth=has_truth,
+                 description="A case brought by the user." if has_truth else
+                 "Real data without a ground truth: reconstructions side by side (paper figures 3-6).")
+
+
+def find_real_inputs(directory):
+    """Local field and brain mask in a ``metaqsm run`` output folder.
+
+    Looks for ``*localfield*.nii*`` and ``*mask*.nii*`` (BIDS-derivative names such as
+    ``sub-01_localfield.nii.gz``, ``sub-01_mask.nii.gz``); raises ``FileNotFoundError`` or
+    ``ValueError`` naming what it found when there is not exactly one of each.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"--real: no such folder: {d}")
+    nii = sorted(p for p in d.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    fields = [p for p in nii if "localfield" in p.name.lower()]
+    masks = [p for p in nii if re.search(r"(^|_)(brain)?mask(\.|_)", p.name.lower())]
+    for what, found in (("local field (*localfield*.nii.gz)", fields), ("mask (*mask.nii.gz)", masks)):
+        if not found:
+            raise FileNotFoundError(f"--real: no {what} in {d}; give --field and --mask instead")
+        if len(found) > 1:
+            raise ValueError(f"--real: several candidates for the {what} in {d}: "
+                             f"{', '.join(p.name for p in found)}; give --field and --mask instead")
+    mags = [p for p in nii if "mag" in p.name.lower()]
+    return fields[0], masks[0], (mags[0] if len(mags) == 1 else None)
