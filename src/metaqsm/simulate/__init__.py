@@ -10,6 +10,10 @@ import importlib
 _LAZY = {
     "brain_phantom": "phantoms",
     "Phantom": "phantoms",
+    "Acquisition": "acquisition",
+    "simulate_acquisition": "acquisition",
+    "head_model": "acquisition",
+    "reduce_resolution": "acquisition",
 }
 
 

@@ -1,0 +1,486 @@
+"""A complete multi-echo gradient-echo acquisition simulated from a susceptibility map.
+
+The forward model follows the structure of the QSM reconstruction challenge 2.0 simulation
+(Marques et al. 2021) and of the ``qsm-forward`` package: a field model (dipole convolution of
+the susceptibility, here with a head around the brain so that the background field is
+realistic), a signal model (M0, T2* decay, phase), a smooth phase offset, complex Gaussian noise
+and a change of resolution by k-space truncation. Everything is simulated on the fine grid of
+the input and only then reduced to the output voxel size, as a scanner integrates over its
+voxels: simulating directly on a coarse grid would miss intravoxel dephasing and the
+partial-volume field.
+
+Conventions: the voxel axes are taken as (left-right, posterior-anterior, inferior-superior),
+which is where the air sinuses and the neck are placed; B0 may point in any direction.
+
+References
+----------
+Marques JP, Meineke J, Milovic C, et al. QSM reconstruction challenge 2.0: A realistic in silico
+head phantom for MRI data simulation and evaluation of susceptibility mapping procedures. Magn
+Reson Med 2021;86:526-542.
+Salomir R, de Senneville BD, Moonen CT. A fast calculation method for magnetic field
+inhomogeneity due to an arbitrary distribution of bulk susceptibility. Concepts Magn Reson B
+2003;19B:26-34.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+from scipy import ndimage as ndi
+
+from .._validate import as_b0_dir, as_mask, as_positive, as_volume, as_voxel_size
+from ..kernels import WORKERS, forward_field, padded_shape
+from ..units import ppm_to_rad
+
+__all__ = [
+    "Acquisition",
+    "simulate_acquisition",
+    "head_model",
+    "reduce_resolution",
+    "DEFAULT_ECHO_TIMES",
+    "HEAD_LABELS",
+]
+
+DEFAULT_ECHO_TIMES = (0.0104, 0.0174, 0.0244, 0.0314)
+"""Echo times (s) of the Meta-QSM paper's 3 T research protocol."""
+
+AIR_CHI = 9.4
+"""Susceptibility of air relative to water/tissue, ppm (air +0.36, water -9.05 ppm, SI)."""
+
+BONE_CHI = -2.0
+"""Susceptibility of cortical bone relative to water, ppm (about -11 ppm SI)."""
+
+# Head layers around the brain, as distances from the brain surface in mm.
+CSF_MM = 2.0
+SKULL_MM = 8.0
+SCALP_MM = 14.0
+HEAD_MARGIN_MM = 40.0  # grid margin around the FOV: the head plus at least 25 mm of air
+
+HEAD_LABELS = {"air": 0, "brain": 1, "csf": 2, "skull": 3, "scalp": 4, "sinus": 5}
+"""Labels of :func:`head_model`."""
+
+# Default signal parameters per layer: proton density (a.u.) and R2* (1/s at 3 T).
+_M0 = {"csf": 1.0, "skull": 0.05, "scalp": 0.8, "brain": 1.0}
+_R2STAR = {"csf": 5.0, "skull": 300.0, "scalp": 30.0}
+_R2STAR_BRAIN = 15.0        # 1/s at 3 T, tissue without iron
+_R2STAR_PER_PPM = 150.0     # 1/s per ppm of |chi| at 3 T (iron, calcium, deoxyhaemoglobin)
+
+
+@dataclass
+class Acquisition:
+    """A simulated multi-echo acquisition and its ground truth, at the output resolution.
+
+    Attributes
+    ----------
+    magnitude : (X, Y, Z, E) float32
+        Magnitude images (arbitrary units; the brain's first echo is about 1 before decay).
+    phase : (X, Y, Z, E) float32
+        Wrapped phase in radians, in (-pi, pi].
+    local_field : (X, Y, Z) float32
+        Field (ppm) of the susceptibility inside the brain mask alone.
+    total_field : (X, Y, Z) float32
+        Local plus background field (ppm): what the echo fit should recover, up to a constant.
+    mask : (X, Y, Z) bool
+        Brain mask.
+    chi : (X, Y, Z) float32
+        Susceptibility (ppm) inside the brain mask, zero outside.
+    voxel_size : (3,) float64
+        Output voxel size in mm.
+    b0_dir : (3,) float64
+        B0 direction in voxel coordinates.
+    echo_times : (E,) float64
+        Echo times in seconds.
+    field_strength : float
+        Tesla.
+    background_field : (X, Y, Z) float32
+        ``total_field - local_field`` (ppm), harmonic inside the brain.
+    phase_offset : (X, Y, Z) float32
+        The echo-independent phase offset (rad) put into the signal.
+    noise_std : float
+        Standard deviation of the complex noise in each of the real and imaginary channels.
+    affine : (4, 4) float64 or None
+        Voxel-to-world transform of the output grid, when an input affine was given.
+    """
+
+    magnitude: np.ndarray
+    phase: np.ndarray
+    local_field: np.ndarray
+    total_field: np.ndarray
+    mask: np.ndarray
+    chi: np.ndarray
+    voxel_size: np.ndarray
+    b0_dir: np.ndarray
+    echo_times: np.ndarray
+    field_strength: float
+    background_field: np.ndarray = field(default=None, repr=False)
+    phase_offset: np.ndarray = field(default=None, repr=False)
+    noise_std: float = 0.0
+    affine: np.ndarray | None = None
+
+
+def head_model(mask, *, voxel_size, margin_mm=HEAD_MARGIN_MM):
+    """Labels of a head around a brain mask, on a grid padded by ``margin_mm`` on every side.
+
+    Layers by distance from the brain surface: CSF and meninges (0-2 mm), skull (2-8 mm), scalp
+    (8-14 mm), air beyond; a neck below the brain; air-filled sinuses (frontal, sphenoid) and
+    mastoid air cells inside the skull, anterior-inferior and lateral-inferior of the brain.
+    Their sizes follow the brain's bounding box, so any brain shape or voxel size works.
+
+    Parameters
+    ----------
+    mask : (X, Y, Z) bool
+        Brain mask.
+    voxel_size : 3 floats
+        mm.
+    margin_mm : float
+        Margin added around the volume (mm); the head extends beyond the field of view.
+
+    Returns
+    -------
+    labels : (X + 2 mx, Y + 2 my, Z + 2 mz) uint8
+        See :data:`HEAD_LABELS`.
+    margin : (3,) int
+        Margin in voxels (the volume sits at ``labels[mx:mx+X, ...]``).
+    """
+    vsz = as_voxel_size(voxel_size)
+    mask = as_mask(mask, np.shape(mask), "mask")
+    margin = np.ceil(as_positive(margin_mm, "margin_mm") / vsz).astype(int)
+    brain = np.pad(mask, [(m, m) for m in margin])
+    # The layers are mm thick: a distance map on a grid of about 2 mm voxels is accurate enough
+    # and an order of magnitude faster than on the fine grid.
+    step = np.maximum(1, np.floor(2.0 / vsz)).astype(int)
+    coarse = brain[::step[0], ::step[1], ::step[2]]
+    dist = ndi.distance_transform_edt(~coarse, sampling=vsz * step)
+    for axis, s in enumerate(step):
+        dist = np.repeat(dist, s, axis=axis)
+    dist = dist[:brain.shape[0], :brain.shape[1], :brain.shape[2]].astype(np.float32)
+    dist[brain] = 0.0
+    dist[(dist == 0) & ~brain] = 0.5 * float(vsz.min())
+
+    # coordinates in mm relative to the brain's bounding box centre, and the box half sizes
+    idx = np.argwhere(brain)
+    lo, hi = idx.min(0), idx.max(0)
+    centre = 0.5 * (lo + hi) * vsz
+    half = np.maximum(0.5 * (hi - lo + 1) * vsz, 1.0)
+    axes = [(np.arange(n) * d - c) / h for n, d, c, h in zip(brain.shape, vsz, centre, half)]
+    X, Y, Z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    R = np.sqrt(X * X + Y * Y + Z * Z) + 1e-9
+
+    def cone(direction, angle_deg):
+        d = np.asarray(direction, float)
+        d /= np.linalg.norm(d)
+        return (X * d[0] + Y * d[1] + Z * d[2]) / R >= np.cos(np.deg2rad(angle_deg))
+
+    shell = (dist > CSF_MM + 1.0) & (dist <= SCALP_MM - 1.0)
+    sinus = shell & (cone((0.0, 0.82, -0.57), 16.0) | cone((0.0, 0.45, -0.9), 12.0))
+    for side in (-1.0, 1.0):
+        sinus |= shell & cone((0.72 * side, -0.15, -0.68), 9.0)
+    neck = (Z < -0.5) & (((X / 0.5) ** 2 + ((Y + 0.1) / 0.6) ** 2) <= 1.0)
+
+    labels = np.zeros(brain.shape, np.uint8)
+    labels[(dist <= SCALP_MM) | neck] = HEAD_LABELS["scalp"]
+    labels[(dist > CSF_MM) & (dist <= SKULL_MM)] = HEAD_LABELS["skull"]
+    labels[(dist > 0) & (dist <= CSF_MM)] = HEAD_LABELS["csf"]
+    labels[sinus] = HEAD_LABELS["sinus"]
+    labels[brain] = HEAD_LABELS["brain"]
+    return labels, margin
+
+
+def _reduce_shape(shape, vsz, out_vsz, method):
+    if method == "kspace":
+        out = np.maximum(1, np.round(np.asarray(shape) * vsz / out_vsz)).astype(int)
+        factors = np.asarray(shape) / out
+    elif method == "block":
+        ratio = out_vsz / vsz
+        factors = np.round(ratio).astype(int)
+        if np.any(factors < 1) or np.any(np.abs(ratio - factors) > 1e-3 * ratio):
+            raise ValueError(
+                "reduce='block' needs output_voxel_size to be an integer multiple of voxel_size, "
+                f"got {tuple(out_vsz)} mm for {tuple(vsz)} mm; use reduce='kspace'")
+        out = np.asarray(shape) // factors
+        if np.any(out < 1):
+            raise ValueError(f"output_voxel_size {tuple(out_vsz)} mm is larger than the volume")
+    else:
+        raise ValueError(f"reduce must be one of 'kspace', 'block', got {method!r}")
+    if np.any(factors < 1 - 1e-6):
+        raise ValueError(f"output_voxel_size {tuple(out_vsz)} mm must not be finer than the "
+                         f"input voxel size {tuple(vsz)} mm (the simulation cannot add detail)")
+    return tuple(int(n) for n in out), factors
+
+
+def _kspace_crop(x, out_shape):
+    """Keep the central ``out_shape`` frequencies of ``x`` (complex result, same mean)."""
+    X = sfft.fftn(x, axes=(0, 1, 2), workers=WORKERS)
+    for axis, (n, m) in enumerate(zip(x.shape[:3], out_shape)):
+        if m < n:
+            keep = np.r_[0:(m + 1) // 2, n - m // 2:n]
+            X = np.take(X, keep, axis=axis)
+    scale = np.prod(out_shape) / np.prod(x.shape[:3])
+    return sfft.ifftn(X, axes=(0, 1, 2), workers=WORKERS) * scale
+
+
+def _block_mean(x, factors):
+    out = [n // f for n, f in zip(x.shape[:3], factors)]
+    x = x[:out[0] * factors[0], :out[1] * factors[1], :out[2] * factors[2]]
+    shp = (out[0], factors[0], out[1], factors[1], out[2], factors[2]) + x.shape[3:]
+    return x.reshape(shp).mean(axis=(1, 3, 5))
+
+
+def reduce_resolution(x, *, voxel_size, output_voxel_size, method="kspace"):
+    """Reduce a volume to a coarser voxel size, as an acquisition at that resolution would.
+
+    Parameters
+    ----------
+    x : (X, Y, Z) or (X, Y, Z, E) array, real or complex
+        Volume on the fine grid (echoes on the last axis are reduced independently).
+    voxel_size, output_voxel_size : 3 floats
+        Input and wanted voxel sizes in mm (output at least as coarse as the input).
+    method : {"kspace", "block"}
+        ``"kspace"``: keep the central k-space of the field of view (the field of view is kept;
+        the matrix is ``round(n * voxel_size / output_voxel_size)``, so the exact output voxel
+        size is ``n * voxel_size / matrix``); voxel centres keep the input's first voxel centre.
+        ``"block"``: average blocks of whole voxels (``output_voxel_size / voxel_size`` must be
+        integers; trailing voxels that do not fill a block are dropped).
+
+    Returns
+    -------
+    y : ndarray
+        Complex input gives complex output; real input gives real output.
+    out_voxel_size : (3,) float64
+        The exact voxel size of ``y`` in mm.
+    """
+    arr = np.asarray(x)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"x must be a 3D or 4D volume, got {arr.ndim}D with shape {arr.shape}")
+    vsz = as_voxel_size(voxel_size)
+    out_vsz = as_voxel_size(output_voxel_size, "output_voxel_size")
+    out_shape, factors = _reduce_shape(arr.shape[:3], vsz, out_vsz, method)
+    if method == "kspace":
+        y = _kspace_crop(arr, out_shape)
+        if not np.iscomplexobj(arr):
+            y = y.real
+    else:
+        y = _block_mean(arr, [int(f) for f in factors])
+    return y, vsz * factors
+
+
+def _reduced_affine(affine, factors, method):
+    A = np.asarray(affine, float).copy()
+    shift = (np.asarray(factors) - 1.0) / 2.0 if method == "block" else np.zeros(3)
+    A[:3, 3] = A[:3, :3] @ shift + A[:3, 3]
+    A[:3, :3] = A[:3, :3] * np.asarray(factors)[None, :]
+    return A
+
+
+def _as_map(value, name, shape, default):
+    if value is None:
+        return default
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.ndim == 0:
+        v = as_positive(float(arr), name, allow_zero=True)
+        return np.full(shape, v, np.float32)
+    arr = as_volume(arr, name)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must be a number or a volume of shape {tuple(shape)}, got {arr.shape}")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be non-negative")
+    return arr
+
+
+def _phase_offset(shape, rng):
+    """A smooth receive-phase offset: a random constant plus low-order polynomial terms (rad)."""
+    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
+    X = np.meshgrid(*axes, indexing="ij", sparse=True)
+    phi = np.full(shape, rng.uniform(-np.pi, np.pi), np.float32)
+    for i in range(3):
+        phi = phi + np.float32(rng.normal(0.0, 0.6)) * X[i]
+        for j in range(i, 3):
+            phi = phi + np.float32(rng.normal(0.0, 0.3)) * X[i] * X[j]
+    return phi.astype(np.float32)
+
+
+def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
+                         echo_times=DEFAULT_ECHO_TIMES, field_strength=3.0, m0=None, r2star=None,
+                         snr=100.0, phase_offset=True, background=True, output_voxel_size=None,
+                         reduce="kspace", affine=None, rng=0):
+    """Simulate multi-echo gradient-echo magnitude and phase from a susceptibility map.
+
+    Steps, on the input (fine) grid: (1) local field = dipole convolution of ``chi`` inside
+    ``mask`` (:func:`metaqsm.kernels.forward_field`, zero padded); (2) background field of a head
+    around the brain (:func:`head_model`: CSF, skull at -2 ppm, scalp, neck, air sinuses and
+    mastoid cells at +9.4 ppm, air outside), computed on a grid padded by 40 mm so that the
+    head extends beyond the field of view, plus any ``chi`` outside the mask; (3) complex signal
+    ``M0 exp(-R2* TE) exp(i (phi0 + 2 pi gamma B0 field TE))`` per echo. Then, if
+    ``output_voxel_size`` is given, the complex signal and the truth maps are reduced to it
+    (k-space truncation or block averaging). Last, complex Gaussian noise is added at the
+    output resolution, and magnitude and wrapped phase are taken.
+
+    Parameters
+    ----------
+    chi : (X, Y, Z) array
+        Susceptibility in ppm relative to CSF/water (the brain's reference).
+    mask : (X, Y, Z) bool
+        Brain mask: sources inside it make the local field.
+    voxel_size : 3 floats
+        mm.
+    b0_dir : 3 floats
+        B0 direction in voxel coordinates. Default: the third axis.
+    echo_times : sequence of floats
+        Echo times in seconds. Default: 10.4, 17.4, 24.4, 31.4 ms (the Meta-QSM paper).
+    field_strength : float
+        Tesla. Default 3.
+    m0 : None, float or (X, Y, Z) array
+        Proton density. Default: 1 in the brain and CSF, 0.8 in the scalp, 0.05 in bone, 0 in
+        air.
+    r2star : None, float or (X, Y, Z) array
+        R2* in 1/s. Default: in the brain ``15 + 150 |chi|`` 1/s (iron, calcium and
+        deoxyhaemoglobin raise both), 5 in CSF, 30 in the scalp, 300 in bone; all scaled by
+        ``field_strength / 3``.
+    snr : float or None
+        Mean first-echo magnitude in the brain divided by the noise standard deviation of each
+        of the real and imaginary channels, at the output resolution. Default 100; ``None`` or
+        ``inf``: no noise.
+    phase_offset : bool
+        Add a smooth echo-independent phase offset (random constant plus linear and quadratic
+        terms, as from coil combination). Default True.
+    background : bool
+        Add the head's background field. Default True (it is typically 10-100 times the local
+        field inside the brain).
+    output_voxel_size : None or 3 floats
+        Voxel size (mm) of the output; ``None`` keeps the input grid.
+    reduce : {"kspace", "block"}
+        How to reduce resolution (see :func:`reduce_resolution`). Default ``"kspace"``.
+    affine : None or (4, 4) array
+        Voxel-to-world transform of the input; the output's is returned in ``Acquisition.affine``.
+    rng : int or numpy.random.Generator
+        Seed of the noise and the phase offset.
+
+    Returns
+    -------
+    Acquisition
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ, non-positive echo times or field strength, an output voxel size
+        finer than the input, or block factors that are not integers.
+
+    Examples
+    --------
+    >>> from metaqsm.simulate.phantoms import brain_phantom
+    >>> ph = brain_phantom((48, 48, 32), voxel_size=(1, 1, 2))
+    >>> acq = simulate_acquisition(ph.chi, ph.mask, voxel_size=(1, 1, 2))
+    >>> acq.phase.shape
+    (48, 48, 32, 4)
+
+    References
+    ----------
+    Marques JP, Meineke J, Milovic C, et al. QSM reconstruction challenge 2.0: A realistic in
+    silico head phantom for MRI data simulation and evaluation of susceptibility mapping
+    procedures. Magn Reson Med 2021;86:526-542.
+    """
+    chi = as_volume(chi, "chi")
+    shape = chi.shape
+    mask = as_mask(mask, shape, "mask")
+    vsz = as_voxel_size(voxel_size)
+    b0 = as_b0_dir(b0_dir)
+    tes = np.asarray(echo_times, dtype=np.float64).reshape(-1)
+    if tes.size < 1 or not np.all(np.isfinite(tes)) or np.any(tes <= 0):
+        raise ValueError(f"echo_times must be positive seconds, got {tuple(np.asarray(echo_times).ravel())}")
+    if np.any(tes > 1.0):
+        raise ValueError(f"echo_times must be in seconds, got {tuple(tes)} (milliseconds?)")
+    b0_t = as_positive(field_strength, "field_strength")
+    if snr is not None and np.isfinite(float(snr)):
+        snr = as_positive(snr, "snr")
+    else:
+        snr = None
+    if affine is not None:
+        affine = np.asarray(affine, float)
+        if affine.shape != (4, 4):
+            raise ValueError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
+    if output_voxel_size is not None:
+        out_vsz = as_voxel_size(output_voxel_size, "output_voxel_size")
+        _reduce_shape(shape, vsz, out_vsz, reduce)  # fail before any work
+    elif reduce not in ("kspace", "block"):
+        raise ValueError(f"reduce must be one of 'kspace', 'block', got {reduce!r}")
+    rng = np.random.default_rng(rng)
+
+    chi_in = np.where(mask, chi, 0.0).astype(np.float32)
+    local = forward_field(chi_in, voxel_size=vsz, b0_dir=b0)
+
+    labels, margin = head_model(mask, voxel_size=vsz)
+    inner = tuple(slice(m, m + n) for m, n in zip(margin, shape))
+    fov_labels = labels[inner]
+    if background:
+        # Susceptibility relative to air, so the zero padding beyond the grid is air.
+        src = np.zeros(labels.shape, np.float32)
+        src[labels != HEAD_LABELS["air"]] = -AIR_CHI
+        src[labels == HEAD_LABELS["sinus"]] = 0.0
+        src[labels == HEAD_LABELS["skull"]] += BONE_CHI
+        src[inner] += np.where(mask, 0.0, chi).astype(np.float32)
+        bg = forward_field(src, voxel_size=vsz, b0_dir=b0, pad=tuple(int(m) for m in margin))[inner]
+        # The constant of the field is arbitrary: centre the background on the brain.
+        bg = bg - np.float32(bg[mask].mean())
+    else:
+        bg = forward_field(np.where(mask, 0.0, chi).astype(np.float32), voxel_size=vsz, b0_dir=b0)
+    total = local + bg
+
+    scale3 = np.float32(b0_t / 3.0)
+    default_m0 = np.zeros(shape, np.float32)
+    default_r2 = np.zeros(shape, np.float32)
+    for name in ("csf", "skull", "scalp"):
+        default_m0[fov_labels == HEAD_LABELS[name]] = _M0[name]
+        default_r2[fov_labels == HEAD_LABELS[name]] = _R2STAR[name] * scale3
+    default_m0[mask] = _M0["brain"]
+    default_r2[mask] = (_R2STAR_BRAIN + _R2STAR_PER_PPM * np.abs(chi[mask])) * scale3
+    m0_map = _as_map(m0, "m0", shape, default_m0)
+    r2_map = _as_map(r2star, "r2star", shape, default_r2)
+    phi0 = _phase_offset(shape, rng) if phase_offset else np.zeros(shape, np.float32)
+
+    signal = np.empty(shape + (tes.size,), np.complex64)
+    for e, te in enumerate(tes):
+        phase = phi0 + ppm_to_rad(total, te, b0_t).astype(np.float32)
+        signal[..., e] = (m0_map * np.exp(-r2_map * np.float32(te))) * np.exp(1j * phase)
+
+    out_vsz_exact = vsz
+    out_affine = affine
+    truth = {"chi": chi_in, "local": local, "total": total, "bg": bg, "phi0": phi0}
+    if output_voxel_size is not None:
+        signal, out_vsz_exact = reduce_resolution(signal, voxel_size=vsz,
+                                                  output_voxel_size=out_vsz, method=reduce)
+        signal = signal.astype(np.complex64)
+        for key, value in truth.items():
+            truth[key] = reduce_resolution(value, voxel_size=vsz, output_voxel_size=out_vsz,
+                                           method=reduce)[0].astype(np.float32)
+        mask_out = reduce_resolution(mask.astype(np.float32), voxel_size=vsz,
+                                     output_voxel_size=out_vsz, method=reduce)[0] >= 0.5
+        if affine is not None:
+            out_affine = _reduced_affine(affine, out_vsz_exact / vsz, reduce)
+    else:
+        mask_out = mask
+
+    noise_std = 0.0
+    if snr is not None:
+        ref = float(np.abs(signal[..., 0][mask_out]).mean()) if mask_out.any() else 1.0
+        noise_std = ref / snr
+        noise = rng.standard_normal(signal.shape + (2,), dtype=np.float32) * np.float32(noise_std)
+        signal = signal + (noise[..., 0] + 1j * noise[..., 1]).astype(np.complex64)
+
+    return Acquisition(
+        magnitude=np.abs(signal).astype(np.float32),
+        phase=np.angle(signal).astype(np.float32),
+        local_field=truth["local"],
+        total_field=truth["total"],
+        mask=np.asarray(mask_out, bool),
+        chi=truth["chi"],
+        voxel_size=np.asarray(out_vsz_exact, float),
+        b0_dir=b0,
+        echo_times=tes,
+        field_strength=b0_t,
+        background_field=truth["bg"],
+        phase_offset=truth["phi0"],
+        noise_std=noise_std,
+        affine=out_affine,
+    )
