@@ -1,0 +1,55 @@
+"""Background field removal: total field (ppm) -> local field (ppm).
+
+Every method has the signature ``method(field, mask, *, voxel_size, b0_dir=(0, 0, 1), ...)``
+and returns ``(local_field, eroded_mask)``: the local field (float32, ppm, zero outside the
+returned mask) and the boolean mask it is valid in (eroded by the spherical kernel for the
+SHARP family; the input mask for PDF).
+
+Methods are registered by name in :data:`METHODS` and imported lazily.
+
+================  ========================================================================
+name              method
+================  ========================================================================
+``"resharp"``     RESHARP, Tikhonov-regularised SHARP (Sun & Wilman 2014); the default,
+                  radius 6 mm as in the Meta-QSM paper
+``"vsharp"``      V-SHARP, variable-radius SHARP (Li et al. 2011; Wu et al. 2012)
+``"sharp"``       SHARP (Schweser et al. 2011)
+``"pdf"``         projection onto dipole fields (Liu et al. 2011)
+================  ========================================================================
+
+LBV (Zhou et al. 2014) is not provided.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> "module:function" (module relative to the metaqsm package)
+METHODS = {
+    "resharp": "bgremove.sharp:resharp",
+    "vsharp": "bgremove.sharp:vsharp",
+    "sharp": "bgremove.sharp:sharp",
+    "pdf": "bgremove.pdf:pdf",
+}
+
+DEFAULT = "resharp"
+
+
+def get_method(name):
+    """Return the background removal function registered as ``name``.
+
+    Raises ``ValueError`` naming the known methods for an unknown name.
+    """
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
+    module, func = METHODS[name].split(":")
+    return getattr(importlib.import_module(f"metaqsm.{module}"), func)
+
+
+def __getattr__(name):  # lazy access: metaqsm.bgremove.resharp etc.
+    if name in METHODS:
+        return get_method(name)
+    raise AttributeError(f"module 'metaqsm.bgremove' has no attribute {name!r}")
+
+
+__all__ = ["METHODS", "DEFAULT", "get_method", *METHODS]
