@@ -42,10 +42,24 @@ METRIC_KEYS = ("rmse", "nrmse_demeaned", "hfen", "ssim", "xsim", "correlation")
 
 
 # ----------------------------------------------------------------------------- registration
+class _Formatter(_common.DefaultsFormatter):
+    """Show defaults in --help, except the ``None`` of options that are unset by default (their
+    help says what happens then) and of required options."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_parser(subparsers, name, **kwargs):
+    return _common.add_parser(subparsers, name, formatter_class=_Formatter, **kwargs)
+
+
 def register(subparsers):
     from ..inversion import METHODS
 
-    p = _common.add_parser(
+    p = _add_parser(
         subparsers, "forward",
         help="susceptibility (ppm) -> local field (ppm) by the dipole model",
         description="Compute the local field (ppm) of a susceptibility map (ppm) with the dipole "
@@ -62,7 +76,7 @@ def register(subparsers):
     _common.add_force_arg(p)
     p.set_defaults(func=run_forward)
 
-    p = _common.add_parser(
+    p = _add_parser(
         subparsers, "invert",
         help="local field (ppm) -> susceptibility (ppm) by a dipole inversion",
         description="Reconstruct a susceptibility map (ppm) from a local field map (ppm, "
@@ -104,7 +118,7 @@ def register(subparsers):
     _common.add_force_arg(p)
     p.set_defaults(func=run_invert)
 
-    p = _common.add_parser(
+    p = _add_parser(
         subparsers, "metrics",
         help="QSM-challenge metrics of a map against a reference, as JSON",
         description="Print RMSE, demeaned NRMSE, HFEN (%), SSIM, XSIM and the correlation of a "
@@ -238,6 +252,21 @@ def _method_kwargs(name, func, args):
     return chosen
 
 
+def effective_parameters(func, given):
+    """The parameters a run used: the method's keyword defaults (plain values only) updated by
+    those ``given`` on the command line, for the sidecar."""
+    out = {}
+    for name, p in inspect.signature(func).parameters.items():
+        if (p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty
+                or name in ("voxel_size", "b0_dir", "progress")):
+            continue
+        v = list(p.default) if isinstance(p.default, tuple) else p.default
+        if v is None or isinstance(v, (bool, int, float, str, list)):
+            out[name] = v
+    out.update(given)
+    return out
+
+
 def accepted_flags(params, var_kw=False):
     """The CLI flags a method with signature parameters ``params`` accepts."""
     return [flag for flag, names in METHOD_OPTIONS.values()
@@ -305,7 +334,7 @@ def run_invert(args):
     sidecar = {
         "Operation": "invert",
         "Method": args.method,
-        "Parameters": recorded,
+        "Parameters": effective_parameters(func, recorded),
         "Units": "ppm",
         "Inputs": {"field": str(args.field), "mask": str(args.mask),
                    **({"magnitude": str(args.magnitude)} if args.magnitude else {})},
