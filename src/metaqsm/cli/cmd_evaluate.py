@@ -70,16 +70,16 @@ def handler(args):
         if args.real is not None:
             if args.reference is not None:
                 raise ValueError("--real is data without truth; use --field with --reference")
-            field, mask, mag = find_real_inputs(args.real)
+            field, mask, noise = find_real_inputs(args.real)
             if args.mask is not None:
                 mask = args.mask
-            if args.magnitude is not None:
-                mag = args.magnitude
+            mag = args.magnitude
         else:
             if args.mask is None:
                 raise ValueError("--field needs --mask")
-            field, mask, mag = args.field, args.mask, args.magnitude
+            field, mask, mag, noise = args.field, args.mask, args.magnitude, None
         suite = user_suite(field, mask, reference_path=args.reference, magnitude_path=mag,
+                           noise_path=noise,
                            methods=args.methods, voxel_size=args.voxel_size, b0_dir=args.b0_dir)
     save = True if args.save_volumes else (None if args.field is None and args.real is None else True)
     command = _command(args)

@@ -112,9 +112,7 @@ def _sym_window(arrays, pct=99.5):
 def _grey():
     import matplotlib
 
-    cmap = matplotlib.colormaps["gray"].copy()
-    cmap.set_bad("black")
-    return cmap
+    return matplotlib.colormaps["gray"].with_extremes(bad="black")
 
 
 def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi_window=None,

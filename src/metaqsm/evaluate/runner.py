@@ -153,6 +153,8 @@ def _call(spec, sample, device):
         kwargs.setdefault("device", device)
     if spec.method == "medi" and "magnitude" in sample:
         kwargs.setdefault("magnitude", sample["magnitude"])
+    if spec.method == "medi" and "noise" in sample:
+        kwargs.setdefault("noise_std", sample["noise"])
     field, mask = sample["field"], sample["mask"]
     vsz, b0 = np.asarray(sample["voxel_size"], float), np.asarray(sample["b0_dir"], float)
     t0 = time.perf_counter()

@@ -50,7 +50,7 @@ PAPER_PARAMS = {
 }
 
 PAPER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
-QUICK_METHODS = ("tkd", "ilsqr", "tv", "meta")
+QUICK_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
 USER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
 
 # The two Mesa-QSM resolutions of the paper (section 3.2), mm.
@@ -494,8 +494,8 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None):
     raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {name!r}")
 
 
-def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=None, methods=None,
-               voxel_size=None, b0_dir=None):
+def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=None, noise_path=None,
+               methods=None, voxel_size=None, b0_dir=None):
     """A one-case suite from a user's files (with a reference: metrics; without: real data).
 
     Paths are checked here, before any work starts.
@@ -504,7 +504,7 @@ def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=Non
 
     methods = check_methods(methods) or USER_METHODS
     paths = {"--field": field_path, "--mask": mask_path, "--reference": reference_path,
-             "--magnitude": magnitude_path}
+             "--magnitude": magnitude_path, "noise map": noise_path}
     for flag, p in paths.items():
         if p is not None and not Path(p).exists():
             raise FileNotFoundError(f"{flag}: no such file: {p}")
@@ -530,6 +530,10 @@ def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=Non
                 raise ValueError(f"--magnitude must have the shape of --field {f.data.shape}, "
                                  f"got {data.shape}")
             out["magnitude"] = data.astype(np.float32)
+        if noise_path is not None:
+            noise = load_nifti(noise_path, name="noise map", ndim=3)
+            if noise.data.shape == f.data.shape:
+                out["noise"] = noise.data
         return out
 
     specs = []
@@ -545,7 +549,8 @@ def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=Non
                                   " (real data: no reference, no metrics)")),
                   source={"field": str(field_path), "mask": str(mask_path),
                           "reference": None if reference_path is None else str(reference_path),
-                          "magnitude": None if magnitude_path is None else str(magnitude_path)})
+                          "magnitude": None if magnitude_path is None else str(magnitude_path),
+                          "noise": None if noise_path is None else str(noise_path)})
     return Suite(name="user" if has_truth else "real", title="User case" if has_truth else "Real data",
                  groups=[group], has_truth=has_truth,
                  description="A case brought by the user." if has_truth else
@@ -553,23 +558,37 @@ def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=Non
 
 
 def find_real_inputs(directory):
-    """Local field and brain mask in a ``metaqsm run`` output folder.
+    """Local field, mask and noise map in a ``metaqsm run`` output folder.
 
-    Looks for ``*localfield*.nii*`` and ``*mask*.nii*`` (BIDS-derivative names such as
-    ``sub-01_localfield.nii.gz``, ``sub-01_mask.nii.gz``); raises ``FileNotFoundError`` or
-    ``ValueError`` naming what it found when there is not exactly one of each.
+    Looks for the pipeline's derivative names (:mod:`metaqsm.io.derivatives`):
+    ``*_localfield.nii.gz``, the mask in which it is valid ``*_desc-eroded_mask.nii.gz`` (else
+    ``*_mask.nii.gz``) and the noise map ``*_desc-noise_fieldmap.nii.gz`` (MEDI's data weighting);
+    files of simulated truths (``desc-truth``) are ignored.
+
+    Returns
+    -------
+    (field, mask, noise or None) paths
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        When there is not exactly one local field and one mask; the message names what was found.
     """
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"--real: no such folder: {d}")
-    nii = sorted(p for p in d.iterdir() if p.name.endswith((".nii", ".nii.gz")))
-    fields = [p for p in nii if "localfield" in p.name.lower()]
-    masks = [p for p in nii if re.search(r"(^|_)(brain)?mask(\.|_)", p.name.lower())]
-    for what, found in (("local field (*localfield*.nii.gz)", fields), ("mask (*mask.nii.gz)", masks)):
+    nii = sorted(p for p in d.iterdir() if p.name.endswith((".nii", ".nii.gz"))
+                 and "desc-truth" not in p.name)
+    stem = [(p, p.name.split(".nii")[0]) for p in nii]
+    fields = [p for p, s in stem if s.endswith("localfield")]
+    masks = [p for p, s in stem if s.endswith("desc-eroded_mask")] or \
+        [p for p, s in stem if s.endswith("mask")]
+    noise = [p for p, s in stem if s.endswith("desc-noise_fieldmap")]
+    for what, found in (("local field (*_localfield.nii.gz)", fields),
+                        ("mask (*_desc-eroded_mask.nii.gz or *_mask.nii.gz)", masks)):
         if not found:
             raise FileNotFoundError(f"--real: no {what} in {d}; give --field and --mask instead")
         if len(found) > 1:
             raise ValueError(f"--real: several candidates for the {what} in {d}: "
                              f"{', '.join(p.name for p in found)}; give --field and --mask instead")
-    mags = [p for p in nii if "mag" in p.name.lower()]
-    return fields[0], masks[0], (mags[0] if len(mags) == 1 else None)
+    return fields[0], masks[0], (noise[0] if len(noise) == 1 else None)

@@ -1,0 +1,274 @@
+"""Evaluation: the quick suite end to end, numbers recomputed from the written volumes, resume,
+user and real cases through the CLI, naive interpolation, slice orientation, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metaqsm.cli import main
+from metaqsm.evaluate import build_suite, naive_interpolation, run_suite, user_suite
+from metaqsm.evaluate.figures import case_slices
+from metaqsm.evaluate.suites import QUICK_METHODS, slug
+from metaqsm.io import load_nifti, save_nifti
+from metaqsm.metrics import compute_metrics
+
+KEYS = ("rmse", "nrmse_demeaned", "hfen", "ssim", "xsim", "correlation")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """The quick suite run once through the CLI (default methods)."""
+    out = tmp_path_factory.mktemp("eval") / "report"
+    t0 = time.perf_counter()
+    rc = main(["evaluate", "--suite", "quick", "-o", str(out), "--no-progress"])
+    seconds = time.perf_counter() - t0
+    assert rc == 0
+    return out, seconds
+
+
+def _rows(out):
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_quick_suite_writes_the_report(quick):
+    out, _ = quick
+    for name in ("index.html", "report.md", "results.csv", "summary.json", "suite.json", "status.json"):
+        assert (out / name).is_file(), name
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "slices_quick_000.png" in pngs and "box_quick.png" in pngs
+    for p in (out / "figures").glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    html = (out / "index.html").read_text()
+    for text in ("RMSE (%)", "HFEN (%)", "SSIM (0-1)", "run time (s)", "cpu_count", "metaqsm"):
+        assert text in md and text in html
+    rows = _rows(out)
+    labels = {r["label"] for r in rows}
+    assert {"TKD", "iLSQR", "MEDI", "TV"} <= labels
+    assert len([r for r in rows if r["label"] == "TKD"]) == 3
+    status = json.loads((out / "status.json").read_text())
+    # the networks: either evaluated, or reported as not available with the reason
+    if "Meta-QSM" in status["unavailable"]:
+        assert "Meta-QSM: not available (" in md
+    else:
+        assert "Meta-QSM" in labels
+    assert not status["failed"]
+
+
+def test_table_numbers_equal_metrics_recomputed_from_volumes(quick):
+    out, _ = quick
+    rows = _rows(out)
+    assert rows
+    recomputed = {}
+    for r in rows:
+        d = out / "volumes" / r["group"] / r["case"]
+        chi = load_nifti(d / f"{slug(r['label'])}.nii.gz").data
+        truth = load_nifti(d / "truth.nii.gz").data
+        mask = load_nifti(d / "mask.nii.gz").data > 0
+        m = compute_metrics(chi, truth, mask)
+        for k in KEYS:
+            assert float(r[k]) == pytest.approx(m[k], rel=1e-9, abs=1e-12), (r["label"], k)
+        recomputed.setdefault(r["label"], []).append(m)
+    summary = json.loads((out / "summary.json").read_text())["groups"]["quick"]
+    md = (out / "report.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| RMSE (%)")][0]
+    header = [line for line in md.splitlines() if line.startswith("|  | ")][0]
+    columns = [c.strip() for c in header.strip("|").split("|")][1:]
+    cells = [c.strip() for c in table.strip("|").split("|")][1:]
+    means = {}
+    for label, ms in recomputed.items():
+        vals = np.array([m["rmse"] for m in ms])
+        assert summary[label]["rmse"]["mean"] == pytest.approx(vals.mean(), rel=1e-9)
+        assert summary[label]["rmse"]["sd"] == pytest.approx(vals.std(ddof=1), rel=1e-9)
+        col = next(i for i, c in enumerate(columns) if c.startswith(f"{label} (n="))
+        assert cells[col].strip("*") == f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}"
+        means[label] = vals.mean()
+    best = min(means, key=means.get)
+    bold = [columns[i].split(" (n=")[0] for i, c in enumerate(cells) if c.startswith("**")]
+    assert bold == [best]
+
+
+def test_resume_skips_done_work_and_completes_a_partial_run(quick, tmp_path):
+    out, first_seconds = quick
+    files = sorted((out / "results").glob("*/*/*.json"))
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    t0 = time.perf_counter()
+    res = run_suite(build_suite("quick"), out, resume=True, progress=False)
+    seconds = time.perf_counter() - t0
+    assert res["computed"] == 0 and res["skipped"] == len(files)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+    assert seconds < first_seconds
+    # a killed run: one result missing -> only that one is computed again, to the same numbers
+    victim = out / "results" / "quick" / "001" / "tv.json"
+    old = json.loads(victim.read_text())
+    victim.unlink()
+    res = run_suite(build_suite("quick"), out, resume=True, progress=False)
+    assert res["computed"] == 1
+    new = json.loads(victim.read_text())
+    for k in KEYS:
+        assert new["metrics"][k] == pytest.approx(old["metrics"][k], rel=1e-6)
+
+
+def test_existing_report_needs_resume_or_force(quick, capsys):
+    out, _ = quick
+    assert main(["evaluate", "--suite", "quick", "-o", str(out)]) == 2
+    assert "use --resume" in capsys.readouterr().err
+    assert main(["evaluate", "--suite", "quick", "-o", str(out), "--resume", "--force"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert main(["evaluate", "--suite", "quick", "-o", str(out), "--n", "1", "--resume",
+                 "--methods", "tkd", "--no-progress"]) == 0  # a subset of what is done
+    assert "0 reconstructions computed" in capsys.readouterr().out
+
+
+def _write_case(tmp_path, phantom, noise=0.002):
+    from metaqsm.kernels import forward_field
+
+    vsz = phantom.voxel_size
+    field = forward_field(phantom.chi, voxel_size=vsz, b0_dir=(0, 0, 1))
+    field = (field + noise * np.random.default_rng(3).standard_normal(field.shape)) * phantom.mask
+    aff = np.diag([*vsz, 1.0])
+    paths = {k: tmp_path / f"{k}.nii.gz" for k in ("field", "chi", "mask")}
+    save_nifti(paths["field"], field, aff)
+    save_nifti(paths["chi"], phantom.chi, aff)
+    save_nifti(paths["mask"], phantom.mask, aff)
+    return paths
+
+
+def test_user_case_via_the_cli(small_phantom, tmp_path, capsys):
+    p = _write_case(tmp_path, small_phantom)
+    out = tmp_path / "user"
+    rc = main(["evaluate", "--field", str(p["field"]), "--reference", str(p["chi"]), "--mask",
+               str(p["mask"]), "--methods", "tkd", "tv", "-o", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    rows = _rows(out)
+    assert [r["label"] for r in sorted(rows, key=lambda r: r["label"])] == ["TKD", "TV"]
+    for r in rows:
+        chi = load_nifti(out / "volumes" / "case" / r["case"] / f"{slug(r['label'])}.nii.gz").data
+        m = compute_metrics(chi, small_phantom.chi, small_phantom.mask)
+        assert float(r["rmse"]) == pytest.approx(m["rmse"], rel=1e-6)
+    tv = next(r for r in rows if r["label"] == "TV")
+    tkd = next(r for r in rows if r["label"] == "TKD")
+    assert float(tv["rmse"]) < float(tkd["rmse"]) < 100.0
+    assert (out / "figures" / f"slices_case_{rows[0]['case']}.png").is_file()
+    assert "--reference" in (out / "report.md").read_text()
+
+
+def test_real_data_side_by_side(small_phantom, tmp_path, capsys):
+    p = _write_case(tmp_path, small_phantom)
+    run = tmp_path / "run"
+    run.mkdir()
+    aff = np.diag([*small_phantom.voxel_size, 1.0])
+    save_nifti(run / "sub-01_localfield.nii.gz", load_nifti(p["field"]).data, aff)
+    save_nifti(run / "sub-01_mask.nii.gz", small_phantom.mask, aff)
+    save_nifti(run / "sub-01_desc-eroded_mask.nii.gz", small_phantom.mask, aff)
+    save_nifti(run / "sub-01_desc-truth_localfield.nii.gz", load_nifti(p["field"]).data, aff)
+    out = tmp_path / "real"
+    rc = main(["evaluate", "--real", str(run), "--methods", "tkd", "tv", "-o", str(out),
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    recs = [json.loads(q.read_text()) for q in (out / "results").glob("*/*/*.json")]
+    assert sorted(r["label"] for r in recs) == ["TKD", "TV"]
+    assert all("metrics" not in r and r["time_s"] >= 0 for r in recs)
+    md = (out / "report.md").read_text()
+    assert "run time (s)" in md and "RMSE (%)" not in md
+    assert (out / "figures" / "slices_case_sub-01_localfield.png").is_file()
+    # an empty folder: a clear error, no report
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["evaluate", "--real", str(empty), "-o", str(tmp_path / "r2")]) == 2
+    assert "no local field" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_bad_input_gives_clear_errors(small_phantom, tmp_path, capsys):
+    p = _write_case(tmp_path, small_phantom)
+    out = str(tmp_path / "o")
+    cases = [
+        (["--field", str(tmp_path / "missing.nii.gz"), "--mask", str(p["mask"])], "--field: no such file"),
+        (["--field", str(p["field"]), "--mask", str(p["mask"]), "--reference",
+          str(tmp_path / "nope.nii.gz")], "--reference: no such file"),
+        (["--field", str(p["field"])], "--field needs --mask"),
+        (["--suite", "quick", "--methods", "tkd", "magic"], "--methods must be among"),
+        (["--suite", "quick", "--n", "0"], "--n must be >= 1"),
+        (["--suite", "quick", "--mask", str(p["mask"])], "--mask belongs to --field"),
+        (["--field", str(p["field"]), "--mask", str(p["mask"]), "--methods", "nope"],
+         "--methods must be among"),
+    ]
+    for args, message in cases:
+        assert main(["evaluate", *args, "-o", out]) == 2, args
+        assert message in capsys.readouterr().err, args
+        assert not Path(out).exists()
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--suite", "everything", "-o", out])
+    with pytest.raises(ValueError, match="--suite must be one of"):
+        build_suite("everything")
+    with pytest.raises(FileNotFoundError, match="--mask: no such file"):
+        user_suite(p["field"], tmp_path / "m.nii.gz")
+    with pytest.raises(FileNotFoundError, match="output folder .* does not exist"):
+        run_suite(build_suite("quick", methods=["tkd"]), tmp_path / "a" / "b", progress=False)
+
+
+def test_a_failing_method_is_reported_not_fatal(tmp_path, monkeypatch):
+    """A network without a shipped model (or any failing method) leaves its column 'not available'."""
+    import metaqsm.inversion as inv
+
+    def broken(field, mask, **kwargs):
+        raise RuntimeError("no model shipped yet")
+
+    real_get = inv.get_method
+    monkeypatch.setattr(inv, "get_method", lambda name: broken if name == "meta" else real_get(name))
+    res = run_suite(build_suite("quick", methods=["tkd", "meta"], n=1), tmp_path / "r", progress=False)
+    assert res["unavailable"] == {"Meta-QSM": "RuntimeError: no model shipped yet"}
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Meta-QSM: not available (RuntimeError: no model shipped yet)" in md
+    assert res["computed"] == 1
+
+
+def test_naive_interpolation_round_trip():
+    shape, vsz = (40, 40, 20), np.array([0.5, 0.5, 2.0])
+    grids = np.meshgrid(*[np.arange(n) * d for n, d in zip(shape, vsz)], indexing="ij")
+    smooth = (np.sin(grids[0] / 6.0) * np.cos(grids[1] / 5.0) + grids[2] / 40.0).astype(np.float32)
+    mask = np.ones(shape, bool)
+    seen = {}
+
+    def identity(field, m, *, voxel_size, b0_dir):
+        seen["shape"], seen["voxel_size"] = field.shape, voxel_size
+        return field
+
+    out = naive_interpolation(identity, smooth, mask, voxel_size=vsz, b0_dir=(0, 0, 1),
+                              target_voxel_size=(0.7639, 0.7639, 3.0))
+    assert seen["shape"] == (26, 26, 13)
+    assert np.allclose(seen["voxel_size"], vsz * np.array(shape) / np.array([26, 26, 13]))
+    inner = (slice(4, -4), slice(4, -4), slice(3, -3))
+    err = np.abs(out - smooth)[inner].max() / np.abs(smooth).max()
+    assert err < 0.05
+    same = naive_interpolation(identity, smooth, mask, voxel_size=vsz, b0_dir=(0, 0, 1),
+                               target_voxel_size=vsz)
+    assert np.allclose(same, smooth, atol=1e-5)
+
+
+def test_slices_are_shown_anterior_up_whatever_the_affine():
+    shape, vsz = (20, 24, 16), np.array([1.0, 1.0, 2.0])
+    vol = np.zeros(shape, np.float32)
+    vol[10, 20, 8] = 1.0  # anterior (high y on a RAS grid)
+    vol[16, 12, 8] = 2.0  # right
+    mask = np.ones(shape, bool)
+    ras = case_slices({"mask": mask, "voxel_size": vsz, "affine": np.diag([1, 1, 2, 1.0])},
+                      index=(10, 12, 8))(vol)
+    ax = ras["axial"]
+    assert ax.shape == (24, 20)  # rows: y (origin lower: anterior up), columns: x (right)
+    assert ax[20, 10] == 1.0 and ax[12, 16] == 2.0
+    assert np.allclose(ras["extent_coronal"], [0, 20, 0, 32])
+    # the same anatomy stored flipped in x and y (LPS-like affine) displays identically
+    lps = np.diag([-1.0, -1.0, 2.0, 1.0])
+    flipped = case_slices({"mask": mask, "voxel_size": vsz, "affine": lps}, index=(10, 12, 8))(
+        vol[::-1, ::-1, :])
+    assert np.array_equal(flipped["axial"], ax)
