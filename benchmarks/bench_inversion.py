@@ -1,0 +1,133 @@
+"""Benchmark of the classical dipole inversions (a benchmark, not a test).
+
+Times each method on a brain-like phantom's field (default 256 x 256 x 64 at
+0.9375 x 0.9375 x 2 mm, Gaussian noise added) and prints a markdown table with the wall time,
+the time in "FFT pairs" (one bare ``rfftn`` + ``irfftn`` of the method's padded grid, float32,
+all cores, measured in the same run), the peak resident memory of a fresh subprocess that runs
+only that method, and the RMSE against the phantom (the 2016 challenge definition, in %).
+
+Usage::
+
+    nice python benchmarks/bench_inversion.py                  # all classical methods
+    nice python benchmarks/bench_inversion.py --methods tkd tv --shape 128 128 64
+
+Targets (issue 2): TKD within 3 FFT pairs, iLSQR < 20 s, MEDI < 60 s, TV < 20 s, memory < 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+METHODS = ("tkd", "tsvd", "tikhonov", "ilsqr", "medi", "tv")
+TARGETS = {"tkd": "<= 3 FFT pairs", "ilsqr": "< 20 s", "medi": "< 60 s", "tv": "< 20 s"}
+
+
+def fft_pair_seconds(shape, repeats=5):
+    """Best of ``repeats`` timings of one float32 rfftn + irfftn pair on ``shape``."""
+    import scipy.fft as sfft
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        y = sfft.irfftn(sfft.rfftn(x, workers=-1), s=shape, workers=-1)
+        best = min(best, time.perf_counter() - t)
+    del y
+    return best
+
+
+def worker(method, data_path):
+    """Run one method on the saved case; print a JSON line with time, memory and grid."""
+    from metaqsm.inversion import get_method
+    from metaqsm.inversion import _common
+
+    d = np.load(data_path)
+    field, mask, vsz = d["field"], d["mask"], tuple(d["voxel_size"])
+    func = get_method(method)
+    pad = inspect.signature(func).parameters["pad"].default  # the grid the method works on
+    t = time.perf_counter()
+    chi = func(field, mask, voxel_size=vsz, b0_dir=(0.0, 0.0, 1.0))
+    seconds = time.perf_counter() - t
+    truth = d["chi"]
+    rmse = 100.0 * float(np.linalg.norm((chi - truth)[mask])) / float(np.linalg.norm(truth[mask]))
+    print(json.dumps({"method": method, "seconds": seconds, "rss_mb": peak_rss_mb(), "rmse": rmse,
+                      "grid": list(_common.padded(field.shape, pad))}))
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process in MB: VmHWM of /proc/self/status (reset by exec,
+    unlike ru_maxrss, which a child inherits from the parent that forked it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--shape", nargs=3, type=int, default=[256, 256, 64])
+    ap.add_argument("--voxel-size", nargs=3, type=float, default=[0.9375, 0.9375, 2.0])
+    ap.add_argument("--noise", type=float, default=0.002, help="field noise std (ppm)")
+    ap.add_argument("--worker", nargs=2, metavar=("METHOD", "NPZ"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(*args.worker)
+        return 0
+
+    from metaqsm.kernels import forward_field
+    from metaqsm.simulate.phantoms import brain_phantom
+
+    shape, vsz = tuple(args.shape), tuple(args.voxel_size)
+    ph = brain_phantom(shape, voxel_size=vsz, rng=0)
+    field = forward_field(ph.chi, voxel_size=vsz)
+    field += np.random.default_rng(1).normal(0.0, args.noise, shape).astype(np.float32)
+    field *= ph.mask
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "case.npz")
+        np.savez(path, field=field, mask=ph.mask, chi=ph.chi, voxel_size=np.asarray(vsz))
+        rows = []
+        for method in args.methods:
+            out = subprocess.run([sys.executable, __file__, "--worker", method, path],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"{method} failed:\n{out.stderr}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    pair = {}
+    for r in rows:
+        g = tuple(r["grid"])
+        if g not in pair:
+            pair[g] = fft_pair_seconds(g)
+
+    print(f"Classical inversions on a {shape[0]}x{shape[1]}x{shape[2]} phantom at "
+          f"{vsz[0]}x{vsz[1]}x{vsz[2]} mm, noise {args.noise} ppm, "
+          f"{os.cpu_count()} CPU cores; FFT pair = one float32 rfftn+irfftn of the method's grid.")
+    print()
+    print("| method | grid | seconds | FFT pairs | peak memory (MB) | RMSE (%) | target |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        g = tuple(r["grid"])
+        print(f"| {r['method']} | {'x'.join(map(str, g))} | {r['seconds']:.2f} | "
+              f"{r['seconds'] / pair[g]:.1f} | {r['rss_mb']:.0f} | {r['rmse']:.1f} | "
+              f"{TARGETS.get(r['method'], '')} |")
+    for g, s in pair.items():
+        print(f"\nFFT pair on {'x'.join(map(str, g))}: {s * 1e3:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
