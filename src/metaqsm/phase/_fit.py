@@ -267,7 +267,7 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
         model = M * np.exp(1j * (phi0[:, None] + omega[:, None] * tes))
         res2 = np.abs(s - model) ** 2
     else:
-        u = _unwrap_echoes(ph, mag, m, unwrap, vsz)[m]  # (N, E)
+        u = _unwrap_echoes(ph, mag, m, unwrap, vsz, tes)[m]  # (N, E)
         phi0, omega, var_t = _wls_line(u, w, tes)
         var_a = var_t * dte * dte
         res2 = np.abs(M * np.exp(1j * P) - M * np.exp(1j * (phi0[:, None] + omega[:, None] * tes))) ** 2
@@ -282,10 +282,11 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
                    residual.astype(np.float32), sigma)
 
 
-def _unwrap_echoes(ph, mag, mask, unwrap, vsz):
+def _unwrap_echoes(ph, mag, mask, unwrap, vsz, tes):
     """Every echo unwrapped spatially by exact multiples of 2 pi, temporally consistent."""
     if unwrap == "romeo":
-        return unwrap_romeo(ph, magnitude=mag, mask=mask, individual=True).astype(np.float64)
+        return unwrap_romeo(ph, magnitude=mag, mask=mask, echo_times=tes,
+                            individual=True).astype(np.float64)
     from scipy import ndimage as ndi
 
     labels, ncomp = ndi.label(mask)
