@@ -187,6 +187,26 @@ def test_ssim_and_xsim_match_brute_force():
         _brute_ssim(x, y, mask, k1=0.01, k2=0.001, L=1.0, rescale=False), rel=1e-9)
 
 
+@pytest.mark.parametrize("box", [(slice(10, 15), slice(9, 14), slice(11, 13)),  # deep inside
+                                 (slice(0, 24), slice(0, 6), slice(18, 22))])   # on the faces
+def test_small_masks_anywhere_match_brute_force(box):
+    # The implementation filters only around the mask; the brute force filters everything.
+    shape = (24, 22, 22)
+    y = 0.08 * smooth_random(shape)
+    x = y + 0.02 * RNG.normal(size=shape)
+    mask = np.zeros(shape, bool)
+    mask[box] = True
+    assert M.ssim(x, y, mask) == pytest.approx(
+        _brute_ssim(x, y, mask, k1=0.01, k2=0.03, L=255.0, rescale=True), rel=1e-9)
+    assert M.xsim(x, y, mask) == pytest.approx(
+        _brute_ssim(x, y, mask, k1=0.01, k2=0.001, L=1.0, rescale=False), rel=1e-9)
+    k = M.log_kernel()
+    lx = ndimage.correlate(x * mask, k, mode="constant", cval=0.0)
+    ly = ndimage.correlate(y * mask, k, mode="constant", cval=0.0)
+    assert M.hfen(x, y, mask) == pytest.approx(
+        100.0 * np.linalg.norm(lx - ly) / np.linalg.norm(ly), rel=1e-9)
+
+
 def test_ssim_is_invariant_to_a_joint_scale_xsim_is_not():
     y = 0.1 * smooth_random((12, 12, 12))
     x = y + 0.03 * RNG.normal(size=y.shape)
@@ -216,6 +236,9 @@ def test_region_mae_by_hand():
     assert list(out) == [1, 2]
     assert out[1] == pytest.approx(0.2, rel=1e-12)  # (0.1 + 0.3) / 2
     assert out[2] == pytest.approx(0.1, rel=1e-12)  # (0.2 + 0) / 2; label 0 (5.0) skipped
+    labels[1, 1, 1] = -4  # any integer but 0 is a label
+    out = M.region_mae(x, y, labels.astype(np.float32))
+    assert list(out) == [-4, 1, 2] and out[-4] == 0.0
 
 
 def test_compute_metrics_keys_and_values():

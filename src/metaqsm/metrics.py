@@ -176,17 +176,30 @@ def hfen(x, reference, mask=None):
     Ravishankar S, Bresler Y. IEEE Trans Med Imaging. 2011;30:1028-1041. Langkammer C et al.
     Magn Reson Med. 2018;79:1661-1673.
     """
-    xm, ym, _ = _pair(x, reference, mask)
-    return _hfen(xm, ym)
+    xm, ym, m = _pair(x, reference, mask)
+    return _hfen(xm, ym, m)
 
 
-def _hfen(xm, ym):
+def _bbox(m, margin):
+    """Slices of the mask's bounding box grown by ``margin`` voxels (clipped to the array)."""
+    out = []
+    for axis, n in enumerate(m.shape):
+        idx = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != axis)))
+        out.append(slice(max(idx[0] - margin, 0), min(idx[-1] + 1 + margin, n)))
+    return tuple(out)
+
+
+def _hfen(xm, ym, m):
     k = log_kernel()
+    half = k.shape[0] // 2
+    # The masked maps are zero outside the mask, so their filtered versions vanish farther than
+    # the kernel's half width from it: the norms over the box grown by that width are exact.
+    box = _bbox(m, half)
+    xm, ym = xm[box], ym[box]
     # Linear filter: LoG(x) - LoG(y) = LoG(x - y). Zero padding by the kernel's width makes the
     # circular FFT convolution equal the linear one; both maps share the kernel's spectrum.
     shape = tuple(sfft.next_fast_len(n + k.shape[i] - 1, real=True) for i, n in enumerate(xm.shape))
     kf = sfft.rfftn(k, s=shape, workers=-1)
-    half = k.shape[0] // 2
     crop = tuple(slice(half, half + n) for n in xm.shape)
     norms = []
     for a in (xm - ym, ym):
@@ -213,18 +226,25 @@ def _smooth(a, w):
     return a
 
 
-def _moments(x, y):
-    """Windowed first and second moments of two masked float64 maps, and the window's own sum
-    ``n`` (below 1 near the array's faces because of the zero padding)."""
+def _moments(x, y, m):
+    """Windowed first and second moments of two masked float64 maps at the mask's voxels (1D
+    arrays), and the window's own sum ``n`` there (below 1 within 3 voxels of the array's faces,
+    because of the zero padding).
+
+    Only the mask's bounding box grown by the window's half width is filtered: the moments at
+    the mask's voxels depend on nothing farther away.
+    """
     w = gaussian_window()
-    ones = [ndimage.correlate1d(np.ones(s), w, mode="constant") for s in x.shape]
+    box = _bbox(m, w.size // 2)
+    x, y, mb = x[box], y[box], m[box]
+    ones = [ndimage.correlate1d(np.ones(n), w, mode="constant")[b] for n, b in zip(m.shape, box)]
     n = ones[0][:, None, None] * ones[1][None, :, None] * ones[2][None, None, :]
-    return {"x": _smooth(x, w), "y": _smooth(y, w), "xx": _smooth(x * x, w),
-            "yy": _smooth(y * y, w), "xy": _smooth(x * y, w), "n": n}
+    return {"x": _smooth(x, w)[mb], "y": _smooth(y, w)[mb], "xx": _smooth(x * x, w)[mb],
+            "yy": _smooth(y * y, w)[mb], "xy": _smooth(x * y, w)[mb], "n": n[mb]}
 
 
-def _ssim_from_moments(mo, m, *, k1, k2, data_range, shift=0.0, scale=1.0):
-    """Mean over ``m`` of the SSIM map of ``(x - shift) * scale`` and ``(y - shift) * scale``.
+def _ssim_from_moments(mo, *, k1, k2, data_range, shift=0.0, scale=1.0):
+    """Mean over the mask of the SSIM map of ``(x - shift) * scale`` and ``(y - shift) * scale``.
 
     The windowed moments of the affinely rescaled maps follow from those of the maps (the
     filter is linear), so SSIM and XSIM share one set of five filterings.
@@ -244,20 +264,20 @@ def _ssim_from_moments(mo, m, *, k1, k2, data_range, shift=0.0, scale=1.0):
     # The three-factor form of compute_xsim reduces to this one for unit exponents.
     num = (2.0 * mu12 + c1) * (2.0 * (exy - mu12) + c2)
     den = (mu1 + mu2 + c1) * ((ex2 - mu1) + (ey2 - mu2) + c2)
-    return float((num / den)[m].mean())
+    return float(np.mean(num / den))
 
 
-def _ssim(xm, ym, m, mo):
+def _ssim(xm, ym, mo):
     lo = min(xm.min(), ym.min())
     hi = max(xm.max(), ym.max())
     if hi == lo:
         return 1.0  # both maps are the same constant: identical images
-    return _ssim_from_moments(mo, m, k1=0.01, k2=0.03, data_range=255.0, shift=lo,
+    return _ssim_from_moments(mo, k1=0.01, k2=0.03, data_range=255.0, shift=lo,
                               scale=255.0 / (hi - lo))
 
 
-def _xsim(m, mo):
-    return _ssim_from_moments(mo, m, k1=0.01, k2=0.001, data_range=1.0)
+def _xsim(mo):
+    return _ssim_from_moments(mo, k1=0.01, k2=0.001, data_range=1.0)
 
 
 def ssim(x, reference, mask=None):
@@ -276,7 +296,7 @@ def ssim(x, reference, mask=None):
     2018;79:1661-1673.
     """
     xm, ym, m = _pair(x, reference, mask)
-    return _ssim(xm, ym, m, _moments(xm, ym))
+    return _ssim(xm, ym, _moments(xm, ym, m))
 
 
 def xsim(x, reference, mask=None):
@@ -295,7 +315,7 @@ def xsim(x, reference, mask=None):
     doi:10.1002/mrm.30271.
     """
     xm, ym, m = _pair(x, reference, mask)
-    return _xsim(m, _moments(xm, ym))
+    return _xsim(_moments(xm, ym, m))
 
 
 def correlation(x, reference, mask=None):
@@ -344,15 +364,19 @@ def region_mae(x, reference, labels):
     lab = as_volume(labels, "labels", dtype=None)
     if lab.shape != a.shape:
         raise ValueError(f"labels must have the shape of the maps {a.shape}, got {lab.shape}")
-    if not np.all(np.equal(np.mod(lab, 1), 0)):
+    if not np.issubdtype(lab.dtype, np.integer) and not np.all(np.equal(np.mod(lab, 1), 0)):
         raise ValueError("labels must hold integer values")
-    lab = lab.astype(np.int64)
-    ids = np.unique(lab[lab != 0])
-    if ids.size == 0:
+    lab = lab.astype(np.int64, copy=False).ravel()
+    sel = lab != 0
+    if not sel.any():
         raise ValueError("labels has no non-zero label")
-    err = np.abs(a - b)
-    means = ndimage.mean(err, labels=lab, index=ids)
-    return {int(i): float(v) for i, v in zip(ids, np.atleast_1d(means))}
+    lab = lab[sel]
+    offset = lab.min()  # negative labels are allowed: shift to non-negative bins
+    idx = lab - offset
+    counts = np.bincount(idx)
+    sums = np.bincount(idx, weights=np.abs(a - b).ravel()[sel])
+    ids = np.flatnonzero(counts)
+    return {int(i + offset): float(sums[i] / counts[i]) for i in ids}
 
 
 def compute_metrics(x, reference, mask, *, labels=None):
@@ -386,13 +410,13 @@ def compute_metrics(x, reference, mask, *, labels=None):
         labels = np.asarray(labels)
         if labels.shape != xm.shape:
             raise ValueError(f"labels must have the shape of the maps {xm.shape}, got {labels.shape}")
-    mo = _moments(xm, ym)
+    mo = _moments(xm, ym, m)
     out = {
         "rmse": _relative_error(xm, ym),
         "nrmse_demeaned": _nrmse_demeaned(xm, ym, m),
-        "hfen": _hfen(xm, ym),
-        "ssim": _ssim(xm, ym, m, mo),
-        "xsim": _xsim(m, mo),
+        "hfen": _hfen(xm, ym, m),
+        "ssim": _ssim(xm, ym, mo),
+        "xsim": _xsim(mo),
         "correlation": _correlation(xm, ym, m),
     }
     if labels is not None:
