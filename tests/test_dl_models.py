@@ -1,0 +1,144 @@
+"""Meta-QSM / Mesa-QSM: shapes, calling convention, registry and checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from metaqsm.dl import MesaQSM, MetaQSM, WPConv3d, load_model  # noqa: E402
+from metaqsm.dl.registry import (MODELS, build_model, load_checkpoint,  # noqa: E402
+                                 read_checkpoint_info, save_checkpoint, shipped_path)
+from metaqsm.dl.unet import count_parameters  # noqa: E402
+
+TINY = dict(depth=2, base=4)
+
+
+@pytest.mark.parametrize("cls,kw", [(MetaQSM, dict(basis=2, hidden=8)), (MesaQSM, {})])
+@pytest.mark.parametrize("shape", [(17, 13, 9), (8, 8, 8), (5, 21, 11)])
+def test_odd_shapes(cls, kw, shape):
+    model = cls(**TINY, **kw).eval()
+    x = torch.randn(2, 1, *shape) * 0.05
+    with torch.no_grad():
+        y = model(x, torch.tensor([[0.5, 0.5, 2.0], [1.0, 1.0, 1.0]]))
+    assert y.shape == x.shape and y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_default_networks_build_and_every_conv_is_wp():
+    meta, mesa = MetaQSM(), MesaQSM()
+    n_wp = sum(isinstance(m, WPConv3d) for m in meta.modules())
+    n_conv = sum(isinstance(m, torch.nn.Conv3d) for m in mesa.modules())
+    assert n_wp == n_conv == 4 * 2 + 2 + 4 * 3 + 1  # levels x 2, bottleneck, up (1 + 2), head
+    assert not any(isinstance(m, torch.nn.Conv3d) for m in meta.modules())
+    # tens of millions, about (basis + 1) times the plain U-Net
+    n_meta, n_mesa = count_parameters(meta), count_parameters(mesa)
+    assert 10e6 < n_meta < 100e6
+    assert 2.8 < n_meta / n_mesa < 3.2
+
+
+def test_mesa_ignores_geometry_meta_uses_it():
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 12, 12, 8) * 0.05
+    mesa = MesaQSM(**TINY).eval()
+    meta = MetaQSM(**TINY, basis=2, hidden=8).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(mesa(x, [0.5, 0.5, 2.0]), mesa(x))
+        torch.testing.assert_close(mesa(x, [0.5, 0.5, 2.0], [0, 1, 0]), mesa(x, [1, 1, 1]))
+        a = meta(x, [0.5, 0.5, 2.0])
+        b = meta(x, [0.5, 0.5, 2.0], [0.0, 0.0, 1.0])
+        c = meta(x, [1.0, 1.0, 1.0])
+    torch.testing.assert_close(a, b)
+    assert (a - c).abs().max() > 1e-6
+
+
+def test_input_checks():
+    meta = MetaQSM(**TINY, basis=2, hidden=8)
+    with pytest.raises(ValueError, match=r"x must be a tensor of shape \(batch, 1, X, Y, Z\)"):
+        meta(torch.zeros(1, 8, 8, 8), [1, 1, 1])
+    with pytest.raises(ValueError, match="voxel_size is required"):
+        meta(torch.zeros(1, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match="voxel_size must be positive"):
+        meta(torch.zeros(1, 1, 8, 8, 8), [1, 0, 1])
+    with pytest.raises(ValueError, match="b0_dir must be non-zero"):
+        meta(torch.zeros(1, 1, 8, 8, 8), [1, 1, 1], [0, 0, 0])
+    with pytest.raises(ValueError, match=r"voxel_size must have shape \(3,\) or \(2, 3\)"):
+        meta(torch.zeros(2, 1, 8, 8, 8), torch.ones(3, 3))
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+        MetaQSM(depth=0)
+
+
+def test_input_output_scale_is_ppm_in_ppm_out():
+    torch.manual_seed(0)
+    a = MesaQSM(**TINY).eval()
+    b = MesaQSM(**TINY, input_scale=20.0, output_scale=5.0).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 1, 8, 8, 8) * 0.05
+    with torch.no_grad():
+        # b multiplies the field by 20 (a: 2x by 10) and divides by 5 (a: by 10)
+        ya, yb = a(x * 2.0), b(x)
+        torch.testing.assert_close(ya * 2.0, yb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["meta", "mesa"])
+@pytest.mark.parametrize("half", [False, True])
+def test_checkpoint_round_trip(tmp_path, name, half):
+    torch.manual_seed(0)
+    kw = dict(depth=2, base=4, basis=3, hidden=6) if name == "meta" else dict(depth=2, base=4, output_scale=7.0)
+    model = build_model(name, **kw)
+    # non-trivial BatchNorm statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 1, 8, 8, 8), [1, 1, 2])
+    model.eval()
+    path = save_checkpoint(tmp_path / "m.safetensors", model, {"step": 7, "voxel_size": [1, 1, 2]}, half=half)
+    info = read_checkpoint_info(path)
+    assert info["model"] == name and info["config"] == model.config and info["extra"]["step"] == 7
+    assert json.loads(json.dumps(model.config)) == model.config
+    loaded, _ = load_checkpoint(path)
+    assert type(loaded) is MODELS[name] and loaded.config == model.config
+    x = torch.randn(1, 1, 12, 8, 8) * 0.05
+    with torch.no_grad():
+        tol = dict(rtol=2e-2, atol=2e-3) if half else dict(rtol=0, atol=0)
+        torch.testing.assert_close(loaded(x, [1, 1, 2]), model(x, [1, 1, 2]), **tol)
+    assert load_model(path) is load_model(path)  # cached per process
+
+
+def test_config_round_trip_rebuilds_same_architecture():
+    m = MetaQSM(depth=3, base=6, basis=5, hidden=12, input_scale=4.0)
+    m2 = MetaQSM(**m.config)
+    assert m2.config == m.config
+    assert [p.shape for p in m2.parameters()] == [p.shape for p in m.parameters()]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint file nor a shipped model"):
+        load_model(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="is not a safetensors checkpoint"):
+        load_model(bad)
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_model("nope")
+    with pytest.raises(ValueError, match="shipped model must be one of"):
+        shipped_path("nope")
+
+
+def test_missing_shipped_model_names_the_file(monkeypatch, tmp_path):
+    from metaqsm.dl import registry
+
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"meta\.safetensors is missing"):
+        load_model("meta")
+
+
+def test_dl_package_does_not_import_data_module():
+    import subprocess
+    import sys
+
+    code = ("import sys, metaqsm.dl as d; d.MetaQSM; d.load_model; d.reconstruct; d.WPConv3d; "
+            "print('metaqsm.dl.data' in sys.modules, 'metaqsm.dl.train' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
