@@ -18,6 +18,7 @@ import numpy as np
 
 from .._validate import as_b0_dir, as_mask, as_positive, as_volume, as_voxel_size
 from .._version import __version__
+from ..io.derivatives import sidecar_path
 from . import _common
 
 # The method `metaqsm invert` uses without --method (becomes "meta" once the shipped network lands).
@@ -143,16 +144,6 @@ def _nifti_output(path, flag="-o"):
     if not (p.name.endswith(".nii") or p.name.endswith(".nii.gz")):
         raise ValueError(f"{flag} must end in .nii or .nii.gz, got {path!r}")
     return p
-
-
-def sidecar_path(path):
-    """``chi.nii.gz`` -> ``chi.json`` (BIDS sidecar beside the image)."""
-    p = Path(path)
-    name = p.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return p.with_name(name[: -len(ext)] + ".json")
-    return p.with_suffix(".json")
 
 
 def _parse_pad(value, flag="--pad"):
