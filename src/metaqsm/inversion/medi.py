@@ -49,8 +49,8 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
         Voxel size in mm.
     b0_dir : 3 floats
         B0 direction in voxel coordinates. Default: the third axis.
-    magnitude : (X, Y, Z) array or None
-        Magnitude image: source of the gradient mask (morphology prior) and, without
+    magnitude : (X, Y, Z) or (X, Y, Z, echoes) array or None
+        Magnitude image (echoes are combined by root-sum-of-squares): source of the gradient mask (morphology prior) and, without
         ``noise_std``, of the data weight (the field noise is inversely proportional to the
         magnitude). Without it the gradient mask comes from the field itself and the data
         weight is uniform.
@@ -116,7 +116,9 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     eps = np.float32(as_positive(epsilon, "epsilon"))
     mag = None
     if magnitude is not None:
-        mag = as_volume(magnitude, "magnitude")
+        mag = as_volume(magnitude, "magnitude", ndim=(3, 4))
+        if mag.ndim == 4:  # echoes on the last axis: root-sum-of-squares, as the toolbox
+            mag = np.sqrt(np.sum(np.square(mag, dtype=np.float32), axis=-1))
         if mag.shape != f.shape:
             raise ValueError(f"magnitude must have the shape of the field {f.shape}, got {mag.shape}")
         if np.any(mag < 0):
@@ -143,15 +145,13 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     gbuf = np.empty((3,) + shape, np.float32)
     tmp = np.empty(shape, np.float32)
 
-    def reg(dx, vr):
-        """G^T M Vr M G dx (the toolbox's div(wG .* Vr .* wG .* grad(dx)) up to its sign
-        convention: here the operator is positive semi-definite)."""
+    def neg_reg(dx, vr):
+        """-G^T M Vr M G dx = div(M Vr M grad dx): the toolbox's ``reg`` is G^T M Vr M G, the
+        positive semi-definite operator (its ``div`` is the adjoint of ``grad``)."""
         _common.grad_into(dx, vsz, gbuf)
         np.multiply(gbuf, vr, out=gbuf)
         out = np.empty(shape, np.float32)
-        _common.div_into(gbuf, vsz, out, tmp)
-        np.negative(out, out=out)
-        return out
+        return _common.div_into(gbuf, vsz, out, tmp)
 
     two_lam = np.float32(2.0 * lam)
     x = np.zeros(shape, np.float32)
@@ -169,17 +169,18 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
             dphi -= rdf
             np.sin(dphi, out=dphi)
             dphi *= m2
-            rhs = reg(x, vr)
-            rhs += two_lam * conv(dphi)
-            np.negative(rhs, out=rhs)
-            del dphi
+            rhs = neg_reg(x, vr)  # -b of the toolbox: -(reg(x) + 2 lam D(W^2 sin(D x - f)))
+            t = conv(dphi)
+            t *= two_lam
+            rhs -= t
+            del dphi, t
 
             def apply_a(v):
                 t = conv(v)
                 t *= m2
                 out = conv(t)
                 out *= two_lam
-                out += reg(v, vr)
+                out -= neg_reg(v, vr)
                 return out
 
             dx = _cg(apply_a, rhs, cg_tol, cg_max_iter)
@@ -210,9 +211,11 @@ def _cg(apply_a, b, tol, max_iter):
         if rr <= stop or rr == 0.0:
             break
         q = apply_a(p)
-        alpha = rr / float(np.vdot(p.ravel(), q.ravel()))
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * q
+        alpha = np.float32(rr / float(np.vdot(p.ravel(), q.ravel())))
+        q *= alpha
+        r -= q
+        np.multiply(p, alpha, out=q)
+        x += q
         rr_new = float(np.vdot(r.ravel(), r.ravel()))
         p *= np.float32(rr_new / rr)
         p += r
