@@ -2,7 +2,7 @@
 
 Stages, as in the Meta-QSM paper's clinical processing:
 
-1. brain mask from the first-echo magnitude (:func:`metaqsm.mask.brain_mask`), unless a mask is
+1. brain mask from the magnitude (echoes combined) (:func:`metaqsm.mask.brain_mask`), unless a mask is
    given (a user's mask always wins);
 2. echo fit: total field (ppm) and its noise from the multi-echo phase
    (:func:`metaqsm.phase.fit_echoes`, with phase unwrapping);
@@ -277,7 +277,7 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
             brain = user_mask
             params["mask"] = {"method": "user"}
         else:
-            brain = brain_mask(mag[..., 0], voxel_size=vsz, **mask_options)
+            brain = brain_mask(mag, voxel_size=vsz, **mask_options)
             if not np.any(brain):
                 raise ValueError("the brain mask from the magnitude is empty; give a mask")
             params["mask"] = {"method": "brain_mask", **mask_options}
@@ -286,8 +286,9 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
 
         t0 = time.perf_counter()
         bar.set_postfix_str("fit-echoes")
+        fit_opts = _accepted(fit_echoes, {}, {"voxel_size": vsz})
         fit = fit_echoes(mag, ph, echo_times=tes, field_strength=b0_t, mask=brain,
-                         method=fit_method, unwrap=unwrap_method)
+                         method=fit_method, unwrap=unwrap_method, **fit_opts)
         params["fit-echoes"] = {"method": fit_method, "unwrap": unwrap_method}
         timings["fit-echoes"] = time.perf_counter() - t0
         bar.update()
@@ -340,7 +341,8 @@ def output_paths(out_dir, subject="01", session=None):
     from .io.derivatives import pipeline_paths, sidecar_path
 
     paths = pipeline_paths(out_dir, subject, session)
-    return paths, {key: sidecar_path(p) for key, p in paths.items()}
+    # the picture has no sidecar of its own (its name would be the map's sidecar)
+    return paths, {key: sidecar_path(p) for key, p in paths.items() if key != "figure"}
 
 
 def _jsonable(obj):
@@ -395,7 +397,6 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
     paths, sidecars = output_paths(out_dir, subject, session)
     if not figure:
         paths.pop("figure")
-        sidecars.pop("figure")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"output {out_dir} is not a folder")
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
@@ -426,7 +427,7 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
     stage_of = {"chimap": ("mask", "fit-echoes", "bgremove", "inversion"),
                 "mask": ("mask",), "eroded_mask": ("mask", "bgremove"),
                 "fieldmap": ("mask", "fit-echoes"), "noise": ("mask", "fit-echoes"),
-                "localfield": ("mask", "fit-echoes", "bgremove"), "figure": ("inversion",)}
+                "localfield": ("mask", "fit-echoes", "bgremove"), }
 
     staging = Path(tempfile.mkdtemp(prefix=".metaqsm-", dir=out_dir))
     staged = []
@@ -446,6 +447,8 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
             else:
                 save_nifti(tmp, arrays[key], result.affine, header=header)
             staged.append((tmp, path))
+            if key not in sidecars:
+                continue
             meta = dict(common)
             meta["Description"] = description
             if unit:

@@ -68,10 +68,14 @@ __all__ = [
     "block_reduce",
     "kspace_reduce",
     "TRAIN_SEED_LIMIT",
+    "DATASET_FILE",
+    "MANIFEST_FILE",
     "SHAPES",
 ]
 
 TRAIN_SEED_LIMIT = 10 ** 6  # training seeds are 0 <= seed < 10**6 (test sets use other streams)
+DATASET_FILE = "synth.h5"  # file names of a data set folder written by ``metaqsm synth``
+MANIFEST_FILE = "manifest.json"
 SHAPES = ("ellipsoid", "sphere", "cuboid", "cylinder")
 _REDUCTIONS = ("block", "kspace")
 _PADS = ("none", "auto")
@@ -271,10 +275,18 @@ def block_reduce(x, factors):
         if fa == 1:
             continue
         if fa == int(fa):
+            # strided adds: much faster than a sum over a short trailing axis
             k = int(fa)
-            moved = np.moveaxis(out, axis, -1)[..., : m * k]
-            red = moved.reshape(moved.shape[:-1] + (m, k)).sum(-1, dtype=np.float32) / np.float32(k)
-            out = np.moveaxis(red, -1, axis)
+
+            def part(j, k=k, m=m, axis=axis):
+                sl = [slice(None)] * 3
+                sl[axis] = slice(j, m * k, k)
+                return out[tuple(sl)]
+            red = part(0) + part(1)
+            for j in range(2, k):
+                red += part(j)
+            red *= np.float32(1.0 / k)
+            out = red
             continue
         moved = np.moveaxis(out, axis, -1)
         cum = np.concatenate([np.zeros(moved.shape[:-1] + (1,)), np.cumsum(moved, -1, np.float64)], -1)
@@ -422,11 +434,11 @@ class _Grid:
 
     @property
     def fine_shape(self):
-        return tuple(int(n) for n in self.region * self.factors)
+        return np.asarray(self.region * self.factors, int)
 
     @property
     def anat_shape(self):
-        return tuple(int(n) for n in self.region * self.factors // self.anat)
+        return tuple(int(n) for n in self.fine_shape // self.anat)
 
     @property
     def anat_voxel(self):
@@ -438,15 +450,15 @@ def _make_grid(config, voxel):
     f = np.maximum(np.asarray(config.min_subdivision),
                    np.ceil(voxel / np.asarray(config.fine_voxel_max) - 1e-9)).astype(int)
     u = voxel / f
-    anat = np.ones(3, int)
-    for i in range(3):
-        for d in range(1, f[i] + 1):
-            if f[i] % d == 0 and u[i] * d <= config.anatomy_voxel + 1e-9:
-                anat[i] = d
+    # anatomy grid: the coarsest integer multiple of the fine voxel not above anatomy_voxel
+    anat = np.maximum(1, np.floor(config.anatomy_voxel / u + 1e-9)).astype(int)
     margin = np.ceil(config.margin_mm / voxel - 1e-9).astype(int)
     region = patch + 2 * margin
     for i in range(3):  # grow the high margin until the fine length is a fast FFT length
-        while sfft.next_fast_len(int(region[i] * f[i]), real=True) != region[i] * f[i]:
+        while True:  # and a multiple of the anatomy factor
+            n = int(region[i] * f[i])
+            if n % anat[i] == 0 and sfft.next_fast_len(n, real=True) == n:
+                break
             region[i] += 1
     origin = -(margin + patch / 2.0) * voxel
     return _Grid(voxel=voxel, factors=f, fine_voxel=u, anat=anat, region=region, offset=margin,
@@ -544,9 +556,8 @@ def _anatomy_base(grid, config, rng):
         deep_gradient=rng.uniform(*config.deep_gradient_range), box=box)
     chi_src = augment.gamma_contrast(chi_src, rng.uniform(*config.gamma_range))
     chi_src *= np.float32(rng.uniform(*config.global_scale_range))
-    chi = augment.warp(chi_src, coords)
-    brain = augment.warp(maps.brain[box], coords)
-    return chi, brain
+    both = augment.warp(chi_src + 1j * maps.brain[box], coords)  # one pass for both maps
+    return np.ascontiguousarray(both.real), np.ascontiguousarray(both.imag)
 
 
 @functools.lru_cache(maxsize=1)
