@@ -315,6 +315,8 @@ def run_invert(args):
             kwargs[param] = value
         recorded[param] = value
 
+    if "progress" in inspect.signature(func).parameters and sys.stderr.isatty():
+        kwargs["progress"] = True  # iteration bar of the iterative methods, interactive use only
     t0 = time.perf_counter()
     chi = func(f, m, voxel_size=vsz, b0_dir=b0, **kwargs)
     elapsed = time.perf_counter() - t0
