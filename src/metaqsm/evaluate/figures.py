@@ -51,7 +51,8 @@ def case_slices(sample, index=None):
     -------
     callable
         ``slicer(volume) -> dict`` with 2D arrays ``axial``, ``coronal``, ``sagittal`` (rows from
-        bottom to top, for ``origin="lower"``), their ``extent_*`` in mm and the ``index``.
+        bottom to top, for ``origin="lower"``), cropped to the mask's bounding box plus 3 voxels,
+        their ``extent_*`` in mm and the ``index``.
     """
     from scipy.ndimage import center_of_mass
 
@@ -67,7 +68,14 @@ def case_slices(sample, index=None):
         com = center_of_mass(mask.astype(np.float32)) if mask.any() else np.array(mask.shape) / 2
         index = [int(np.clip(round(c), 0, n - 1)) for c, n in zip(com, mask.shape)]
     i, j, k = (int(v) for v in index)
-    nx, ny, nz = mask.shape
+    # crop to the mask's bounding box (plus a margin) so the brain fills the panels
+    if mask.any():
+        nz_ = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+        lo = [max(0, int(n[0]) - 3) for n in nz_]
+        hi = [min(s, int(n[-1]) + 4) for n, s in zip(nz_, mask.shape)]
+    else:
+        lo, hi = [0, 0, 0], list(mask.shape)
+    (x0, y0, z0), (x1, y1, z1) = lo, hi
     dx, dy, dz = vsz_ras
 
     def slicer(volume):
@@ -79,12 +87,12 @@ def case_slices(sample, index=None):
         if v.dtype == bool:
             v = v.astype(np.uint8)
         return {
-            "axial": np.ascontiguousarray(v[:, :, k].T),
-            "coronal": np.ascontiguousarray(v[:, j, :].T),
-            "sagittal": np.ascontiguousarray(v[i, :, :].T),
-            "extent_axial": np.array([0, nx * dx, 0, ny * dy]),
-            "extent_coronal": np.array([0, nx * dx, 0, nz * dz]),
-            "extent_sagittal": np.array([0, ny * dy, 0, nz * dz]),
+            "axial": np.ascontiguousarray(v[x0:x1, y0:y1, k].T),
+            "coronal": np.ascontiguousarray(v[x0:x1, j, z0:z1].T),
+            "sagittal": np.ascontiguousarray(v[i, y0:y1, z0:z1].T),
+            "extent_axial": np.array([x0 * dx, x1 * dx, y0 * dy, y1 * dy]),
+            "extent_coronal": np.array([x0 * dx, x1 * dx, z0 * dz, z1 * dz]),
+            "extent_sagittal": np.array([y0 * dy, y1 * dy, z0 * dz, z1 * dz]),
             "index": np.array([i, j, k]),
         }
 

@@ -179,7 +179,7 @@ def _metric_table(rows_spec, entries, with_metrics):
                 row.append(("n/a", False))
                 continue
             sd = entries[lab][key]["sd"]
-            text = f"{_fmt(m, key)} ± {_fmt(sd, key)}"
+            text = f"{_fmt(m, key)} ± {_fmt(sd, key)}" if entries[lab]["n"] > 1 else _fmt(m, key)
             row.append((text, best is not None and _fmt(m, key) == _fmt(best, key)))
         rows.append(row)
     return header, rows
@@ -343,9 +343,10 @@ def build_report(out):
                 for lab in labels:
                     m = means[lab]
                     series[lab].append(None if not m else (m["mean"], m["sd"]))
+                    n = entries.get(lab, {}).get("n", 0)
                     row.append(("n/a", False) if not m else (
-                        f"{_fmt(m['mean'], key)} ± {_fmt(m['sd'], key)}",
-                        _fmt(m["mean"], key) == _fmt(best, key)))
+                        f"{_fmt(m['mean'], key)} ± {_fmt(m['sd'], key)}" if n > 1 else
+                        _fmt(m["mean"], key), _fmt(m["mean"], key) == _fmt(best, key)))
                 rows.append(row)
             doc.p(f"{name}:")
             doc.table(header, rows)
