@@ -58,7 +58,7 @@ def as_voxel_size(voxel_size, name="voxel_size"):
     if v.size != 3:
         raise ValueError(f"{name} must have 3 values (mm), got {v.size}: {voxel_size!r}")
     if not np.all(np.isfinite(v)) or np.any(v <= 0):
-        raise ValueError(f"{name} must be positive and finite (mm), got {tuple(v)}")
+        raise ValueError(f"{name} must be positive and finite (mm), got {tuple(float(x) for x in v)}")
     return v
 
 
@@ -72,7 +72,7 @@ def as_b0_dir(b0_dir, name="b0_dir"):
         raise ValueError(f"{name} must have 3 components, got {b.size}: {b0_dir!r}")
     n = np.linalg.norm(b)
     if not np.isfinite(n) or n < 1e-12:
-        raise ValueError(f"{name} must be a non-zero finite vector, got {tuple(b)}")
+        raise ValueError(f"{name} must be a non-zero finite vector, got {tuple(float(x) for x in b)}")
     return b / n
 
 

@@ -10,7 +10,12 @@ from .._validate import as_b0_dir, as_voxel_size
 
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults in --help and keep the description's line breaks."""
+    """Show defaults in --help (except None and flags) and keep the description's line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_parser(subparsers, name, **kwargs):
