@@ -40,10 +40,10 @@ import numpy as np
 
 __all__ = ["MNIMaps", "mni_maps", "tissue_susceptibility", "add_veins"]
 
-# MNI mm box holding the basal ganglia and thalami (|x| 3-34 mm, y -40..28 mm, z -14..24 mm);
+# MNI mm box holding the basal ganglia and thalami (|x| 3-31 mm, y -38..24 mm, z -8..24 mm);
 # the cingulate cortex above the corpus callosum (|x| < 10 mm, z > 16 mm) is excluded.
-_DEEP_BOX = {"x": (3.0, 34.0), "y": (-40.0, 28.0), "z": (-14.0, 24.0)}
-_DEEP_MIN_DEPTH_MM = 12.0  # deep nuclei lie at least this far from the brain surface
+_DEEP_BOX = {"x": (3.0, 31.0), "y": (-38.0, 24.0), "z": (-8.0, 24.0)}
+_DEEP_MIN_DEPTH_MM = 15.0  # deep nuclei lie at least this far from the brain surface
 _DEEP_MIN_VOXELS = 60  # smaller grey-matter islands are treated as cortex
 
 
@@ -123,7 +123,22 @@ def mni_maps() -> MNIMaps:
     depth = ndi.distance_transform_edt(brain)
     core = (gm > 0.5) & box & (depth >= _DEEP_MIN_DEPTH_MM)
     core = ndi.binary_opening(core, iterations=1)
-    labels, n = ndi.label(core)
+    # split the (merged) basal ganglia and thalami into nuclei by their MNI positions, so each
+    # gets its own iron level; then drop small islands
+    x, y, z = mm
+    nucleus = np.select(
+        [(y < -6.0) & (ax < 24.0),  # thalamus
+         (ax >= 12.0) & (ax < 23.0) & (y >= -14.0) & (y <= 6.0) & (z <= 6.0),  # pallidum
+         (ax >= 19.0) & (z < 16.0),  # putamen
+         np.ones_like(core)],  # caudate
+        [1, 2, 3, 4])
+    nucleus = np.where(core, nucleus + 4 * (x > 0), 0)
+    labels = np.zeros(brain.shape, np.int32)
+    n = 0
+    for k in range(1, 9):
+        lab, m = ndi.label(nucleus == k)
+        labels[lab > 0] = lab[lab > 0] + n
+        n += m
     sizes = np.bincount(labels.ravel())
     keep = np.flatnonzero(sizes >= _DEEP_MIN_VOXELS)
     keep = keep[keep > 0]
@@ -133,14 +148,18 @@ def mni_maps() -> MNIMaps:
     core = labels > 0
     # soft membership: the nucleus plus the grey matter within 2 mm of it
     near, (ii, jj, kk) = ndi.distance_transform_edt(~core, return_indices=True)
-    deep_label = np.where(near <= 2.0, labels[ii, jj, kk], 0).astype(np.int16)
-    deep = np.where(deep_label > 0, gm, 0.0).astype(np.float32)
-    inside = ndi.distance_transform_edt(core)
+    deep_label = np.where(near <= 3.0, labels[ii, jj, kk], 0).astype(np.int16)
+    # a soft weight (no hard edge where the central box cuts through grey matter)
+    weight = np.clip(ndi.gaussian_filter(core.astype(np.float32), 1.0) * 2.0, 0.0, 1.0)
+    deep = np.where(deep_label > 0, gm * weight, 0.0).astype(np.float32)
     grade = np.zeros(brain.shape, np.float32)
-    for lab in range(1, keep.size + 1):
-        sel = labels == lab
-        top = inside[sel].max()
-        grade[sel] = inside[sel] / max(top, 1.0)
+    for lab, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        sel = np.pad(labels[box] == lab, 1)
+        inside = ndi.distance_transform_edt(sel)[1:-1, 1:-1, 1:-1]
+        sel = sel[1:-1, 1:-1, 1:-1]
+        grade[box][sel] = inside[sel] / max(float(inside.max()), 1.0)
     cortex = (gm - deep).astype(np.float32)
     return MNIMaps(wm=wm.astype(np.float32), cortex=cortex, deep=deep, csf=csf,
                    brain=brain.astype(np.float32), deep_label=deep_label, deep_grade=grade,

@@ -303,7 +303,8 @@ def kspace_reduce(x, factors):
     """Reduce by truncating the spectrum: keep the frequencies of the coarse grid.
 
     The output is the coarse grid's band-limited version of ``x`` on the same field of view (its
-    mean is kept). Integer factors that divide the shape.
+    mean is kept), sampled at the centres of the blocks of ``factors`` input voxels, like
+    :func:`block_reduce`. Integer factors that divide the shape.
 
     Parameters
     ----------
@@ -327,6 +328,16 @@ def kspace_reduce(x, factors):
         else:
             keep.append(np.round(sfft.fftfreq(n_out) * n_out).astype(int) % n_in)
     sub = spec[np.ix_(*keep)]
+    # sample at the centres of the blocks (as block averaging does), not at their first voxel:
+    # a shift by (f - 1) / 2 fine voxels is a phase ramp on the kept frequencies
+    for axis, (n_in, n_out, k) in enumerate(zip(x.shape, shape, f)):
+        if k == 1:
+            continue
+        freq = sfft.rfftfreq(n_out) * n_out if axis == 2 else sfft.fftfreq(n_out) * n_out
+        ramp = np.exp(2j * np.pi * freq * ((k - 1) / 2.0) / n_in).astype(np.complex64)
+        view = [1, 1, 1]
+        view[axis] = -1
+        sub = sub * ramp.reshape(view)
     out = sfft.irfftn(sub, s=shape, workers=-1)
     return (out * (np.prod(shape) / np.prod(x.shape))).astype(np.float32)
 

@@ -1,0 +1,196 @@
+"""Training data for the networks: synthetic samples streamed on the fly, or read from HDF5.
+
+Both datasets yield dicts of torch tensors::
+
+    field      (1, X, Y, Z) float32   local field (ppm), zero outside the mask
+    chi        (1, X, Y, Z) float32   susceptibility (ppm), zero outside the mask
+    mask       (1, X, Y, Z) bool      brain mask
+    voxel_size (3,) float32           mm
+    b0_dir     (3,) float32           unit vector in voxel coordinates
+
+so ``torch.utils.data.DataLoader`` batches them into (B, 1, X, Y, Z) and (B, 3) tensors.
+
+:class:`SyntheticStream` draws sample ``i`` from ``generate_sample(i, config=..., seed=...)``;
+with ``DataLoader(num_workers=k)`` worker ``w`` takes indices ``start + w, start + w + k, ...``,
+so no sample is produced twice and training resumes at a data position with ``start``.
+:class:`H5Dataset` reads what ``metaqsm synth`` wrote (see :mod:`metaqsm.cli.cmd_synth`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from ..simulate.synth import (DATASET_FILE, MANIFEST_FILE, TRAIN_SEED_LIMIT, SynthConfig,
+                              generate_sample)
+
+__all__ = ["SyntheticStream", "H5Dataset", "to_tensors", "read_manifest", "H5_NAME", "MANIFEST_NAME"]
+
+H5_NAME = DATASET_FILE
+MANIFEST_NAME = MANIFEST_FILE
+SPLITS = ("train", "val")
+
+
+def to_tensors(sample):
+    """Convert a sample dict of numpy arrays (as from ``generate_sample``) to torch tensors."""
+    out = {}
+    for key in ("field", "chi"):
+        out[key] = torch.from_numpy(np.ascontiguousarray(sample[key], np.float32))[None]
+    out["mask"] = torch.from_numpy(np.ascontiguousarray(sample["mask"], bool))[None]
+    for key in ("voxel_size", "b0_dir"):
+        out[key] = torch.from_numpy(np.asarray(sample[key], np.float32).reshape(3).copy())
+    return out
+
+
+class SyntheticStream(IterableDataset):
+    """Synthetic samples generated on the fly, indices ``start, start + 1, ...``.
+
+    Parameters
+    ----------
+    config : SynthConfig
+        Generator parameters.
+    seed : int
+        Data set seed (0 <= seed < 10**6); sample ``i`` is ``generate_sample(i, seed=seed)``.
+    start : int
+        First index (to resume training at a data position).
+    length : int or None
+        Number of samples (indices ``start .. start + length - 1``); ``None`` streams forever.
+
+    Notes
+    -----
+    With several DataLoader workers, worker ``w`` of ``k`` yields indices ``start + w + j k``,
+    so the samples are disjoint; their order in the batches interleaves the workers (the
+    DataLoader takes one batch from each worker in turn). Each worker process loads the MNI maps
+    once (about 2 s).
+
+    Examples
+    --------
+    >>> from torch.utils.data import DataLoader
+    >>> ds = SyntheticStream(SynthConfig(patch_shape=(32, 32, 16)), seed=1, length=4)
+    >>> batch = next(iter(DataLoader(ds, batch_size=2)))
+    >>> tuple(batch["field"].shape), tuple(batch["voxel_size"].shape)
+    ((2, 1, 32, 32, 16), (2, 3))
+    """
+
+    def __init__(self, config=None, *, seed, start=0, length=None):
+        super().__init__()
+        self.config = SynthConfig() if config is None else config
+        if not isinstance(self.config, SynthConfig):
+            raise TypeError(f"config must be a SynthConfig, got {type(self.config).__name__}")
+        if isinstance(start, bool) or int(start) != start or start < 0:
+            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+        if length is not None and (isinstance(length, bool) or int(length) != length
+                                   or length < 0):
+            raise ValueError(f"length must be a non-negative integer or None, got {length!r}")
+        self.seed = int(seed)
+        if not 0 <= self.seed < TRAIN_SEED_LIMIT:  # fail here, not inside a worker
+            raise ValueError(f"seed must be in [0, {TRAIN_SEED_LIMIT}), got {seed!r}")
+        self.start = int(start)
+        self.length = None if length is None else int(length)
+
+    def __len__(self):
+        if self.length is None:
+            raise TypeError("an endless SyntheticStream (length=None) has no length")
+        return self.length
+
+    def indices(self, worker=0, num_workers=1):
+        """The sample indices worker ``worker`` of ``num_workers`` yields (an iterator)."""
+        first = self.start + worker
+        if self.length is None:
+            return itertools.count(first, num_workers)
+        return iter(range(first, self.start + self.length, num_workers))
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n = (0, 1) if info is None else (info.id, info.num_workers)
+        for index in self.indices(worker, n):
+            yield to_tensors(generate_sample(index, config=self.config, seed=self.seed))
+
+
+def _resolve(path):
+    p = Path(path)
+    if p.is_dir():
+        p = p / H5_NAME
+    if not p.exists():
+        raise FileNotFoundError(f"no synthetic data set at {path} (expected a folder written by "
+                                f"'metaqsm synth' or its {H5_NAME})")
+    return p
+
+
+def read_manifest(path):
+    """The manifest (dict) of a data set folder or of its HDF5 file."""
+    p = _resolve(path)
+    m = p.parent / MANIFEST_NAME
+    if not m.exists():
+        raise FileNotFoundError(f"{m} is missing: the data set at {p.parent} is incomplete")
+    return json.loads(m.read_text())
+
+
+class H5Dataset(Dataset):
+    """A data set written by ``metaqsm synth`` (map-style: ``len`` and indexing).
+
+    Parameters
+    ----------
+    path : str or Path
+        The output folder of ``metaqsm synth`` or its ``synth.h5``.
+    split : {"train", "val"}
+        Which part (the paper's 9:1 split by default).
+
+    Notes
+    -----
+    The file is opened lazily in each process (after the DataLoader forks its workers), since an
+    open HDF5 handle cannot be shared between processes. float16 files are returned as float32.
+    """
+
+    def __init__(self, path, split="train"):
+        import h5py
+
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.path = _resolve(path)
+        self.split = split
+        with h5py.File(self.path, "r") as f:
+            if split not in f:
+                raise ValueError(f"{self.path} has no {split!r} group")
+            self._len = int(f[split]["field"].shape[0])
+            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v)
+                          for k, v in f.attrs.items()}
+        self._file = None
+        self._pid = None
+
+    def __len__(self):
+        return self._len
+
+    def _group(self):
+        import h5py
+
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file[self.split]
+
+    def __getitem__(self, i):
+        if isinstance(i, torch.Tensor):
+            i = int(i)
+        if not -self._len <= i < self._len:
+            raise IndexError(f"index {i} out of range for {self._len} samples")
+        i %= self._len
+        g = self._group()
+        sample = {key: g[key][i] for key in ("field", "chi", "mask", "voxel_size", "b0_dir")}
+        return to_tensors(sample)
+
+    def index(self, i):
+        """The generator index (``generate_sample(index, seed=...)``) of item ``i``."""
+        return int(self._group()["index"][i])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
