@@ -245,16 +245,19 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
         det = s0 * s2 - s1 * s1
         ok = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
         det = np.where(ok, det, 1.0)
+        active = np.flatnonzero(ok)  # iterate only on the voxels that have not converged
         for _ in range(int(max_iter)):
-            sn = np.sin(P - p[:, None] - a[:, None] * tau)
-            g0 = (w * sn).sum(1)
-            g1 = (w * tau * sn).sum(1)
-            da = np.where(ok, (s0 * g1 - s1 * g0) / det, 0.0)
-            dp = np.where(s0 > 0, (g0 - s1 * da) / np.where(s0 > 0, s0, 1.0), 0.0)
-            a += da
-            p += dp
-            if np.max(np.abs(da), initial=0.0) < tol:
+            if active.size == 0:
                 break
+            wa, ta = w[active], tau
+            sn = np.sin(P[active] - p[active, None] - a[active, None] * ta)
+            g0 = (wa * sn).sum(1)
+            g1 = (wa * ta * sn).sum(1)
+            da = (s0[active] * g1 - s1[active] * g0) / det[active]
+            dp = (g0 - s1[active] * da) / s0[active]
+            a[active] += da
+            p[active] += dp
+            active = active[np.abs(da) >= tol]
         var_a = np.where(ok, s0 / det, np.inf)
         # spatial unwrapping of the frequency (as the phase accrued over one echo spacing)
         amap = np.zeros(shape)
