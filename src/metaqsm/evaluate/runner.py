@@ -151,6 +151,11 @@ def _call(spec, sample, device):
     kwargs = dict(spec.params)
     if spec.method in NETWORKS:
         kwargs.setdefault("device", device)
+        if isinstance(kwargs.get("weights"), str):
+            from ..dl.registry import SHIPPED, shipped_path
+
+            if kwargs["weights"] in SHIPPED:  # a shipped model's name -> its file
+                kwargs["weights"] = str(shipped_path(kwargs["weights"]))
     if spec.method == "medi" and "magnitude" in sample:
         kwargs.setdefault("magnitude", sample["magnitude"])
     if spec.method == "medi" and "noise" in sample:
@@ -294,7 +299,8 @@ def run_suite(suite, out, *, force=False, resume=False, progress=True, save_volu
                     bar.set_postfix_str(f"{g.name}/{c.id}/{s.label}")
                     try:
                         with warnings.catch_warnings():
-                            warnings.simplefilter("ignore", RuntimeWarning)
+                            # expected ones, e.g. "Mesa weights trained at another voxel size"
+                            warnings.simplefilter("ignore")
                             chi, seconds = _call(s, sample, device)
                     except Exception as exc:  # a method must not end a run of hours; reported
                         reason = f"{type(exc).__name__}: {exc}".strip()

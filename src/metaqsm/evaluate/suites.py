@@ -71,7 +71,7 @@ RESOLUTION_SWEEP = (
 ORIENTATION_SWEEP = (0.0, 15.0, 30.0)
 SWEEP_SHAPE = (128, 128, 64)
 SWEEP_VOXEL_SIZE = (0.75, 0.75, 2.0)  # the orientation sweep's voxel size, mm
-SWEEP_SEED = 20_260_707  # disjoint from the training seeds of the synthetic generator
+SWEEP_STREAM = 1_000_707  # random stream of the sweeps: >= 10**6, never used for training
 SWEEP_N = 10
 
 # FANSI case: Gaussian noise added to the simulated local field, ppm (about 1% of its range).
@@ -239,20 +239,29 @@ def _testset_case(name, index):
     return dict(testset_sample(name, index))
 
 
-def _synth_case(index, voxel_size, tilt_deg, seed):
+def sweep_sample(index, *, voxel_size, tilt_deg=0.0, stream=None, shape=SWEEP_SHAPE):
+    """One synthetic volume of a sweep: fixed voxel size and fixed B0 tilt.
+
+    The scene (fine-grid susceptibility) comes from the synthetic-data generator
+    (:mod:`metaqsm.simulate.synth`) with the paper's setting except the voxel size, drawn from
+    ``numpy.random.default_rng((stream, index))`` with ``stream`` >= 10**6, a random stream that
+    training (seeds < 10**6) never uses; B0 is then tilted by ``tilt_deg`` degrees from the third
+    axis towards the first, and the field is computed on the fine grid and reduced
+    (:func:`metaqsm.simulate.synth.finish_scene`). The same ``index`` gives the same scene at
+    every tilt, so the orientation sweep compares tilts on identical anatomy.
+    """
+    import dataclasses
+
     from ..simulate import synth
 
-    config = synth_config(voxel_size, tilt_deg)
-    sample = synth.generate_sample(index, config=config, seed=seed)
-    return dict(sample)
-
-
-def synth_config(voxel_size, tilt_deg):
-    """The synthetic-data configuration of a sweep point: fixed voxel size, fixed B0 tilt."""
-    from ..simulate import synth
-
-    return synth.SynthConfig(shape=SWEEP_SHAPE, voxel_size_range=(tuple(voxel_size), tuple(voxel_size)),
-                             max_tilt_deg=float(tilt_deg), fixed_tilt=True)
+    stream = SWEEP_STREAM if stream is None else as_int(stream, "stream", minimum=synth.TRAIN_SEED_LIMIT)
+    vsz = as_voxel_size(voxel_size)
+    config = synth.SynthConfig(patch_shape=tuple(shape), voxel_size_range=tuple((v, v) for v in vsz))
+    rng = np.random.default_rng((stream, as_int(index, "index")))
+    scene = synth._fine_scene(config, rng)  # noqa: SLF001 - the generator's own test-stream entry
+    if tilt_deg:
+        scene = dataclasses.replace(scene, b0_dir=np.asarray(_tilted(tilt_deg)))
+    return dict(synth.finish_scene(scene, config=config, rng=rng))
 
 
 def _fansi_case(directory, noise, seed):
@@ -307,8 +316,8 @@ def _mesa_spec(res_key, test_key):
 
 
 def mesa_weights(res_key):
-    """Name of the shipped Mesa-QSM model trained at ``res_key`` (see :mod:`metaqsm.dl.infer`)."""
-    return f"mesa_{res_key}"
+    """Name of the shipped Mesa-QSM model trained at ``res_key`` (:data:`metaqsm.dl.registry.SHIPPED`)."""
+    return f"mesa-{res_key}"
 
 
 def _paper_suite(methods, n):
@@ -387,14 +396,14 @@ def _resolution_suite(methods, n):
     groups = []
     count = _limit(n, SWEEP_N)
     for i, (label, vsz) in enumerate(RESOLUTION_SWEEP):
-        cases = [Case(f"{j:03d}", (lambda j=j, v=vsz: _synth_case(j, v, 0.0, SWEEP_SEED)))
+        cases = [Case(f"{j:03d}", (lambda j=j, v=vsz: sweep_sample(j, voxel_size=v)))
                  for j in range(count)]
         groups.append(Group(
             name=f"res_{slug(label)}", title=f"Voxel size {label} mm", cases=cases,
             specs=_free_specs(methods, PAPER_METHODS), sweep="voxel size (mm)", x=float(i),
             x_label=label,
             description=f"Synthetic volumes of {SWEEP_SHAPE} at {_fmt_vsz(vsz)} mm, B0 along z.",
-            source={"generator": "metaqsm.simulate.synth.generate_sample", "seed": SWEEP_SEED,
+            source={"generator": "metaqsm.simulate.synth.generate_sample", "stream": SWEEP_STREAM,
                     "voxel_size": list(vsz), "tilt_deg": 0.0, "shape": list(SWEEP_SHAPE)}))
     return Suite(name="resolution", title="RMSE against voxel size", groups=groups,
                  description="Issue 6 resolution sweep: one network for every voxel size.")
@@ -404,7 +413,7 @@ def _orientation_suite(methods, n):
     groups = []
     count = _limit(n, SWEEP_N)
     for tilt in ORIENTATION_SWEEP:
-        cases = [Case(f"{j:03d}", (lambda j=j, t=tilt: _synth_case(j, SWEEP_VOXEL_SIZE, t, SWEEP_SEED)))
+        cases = [Case(f"{j:03d}", (lambda j=j, t=tilt: sweep_sample(j, voxel_size=SWEEP_VOXEL_SIZE, tilt_deg=t)))
                  for j in range(count)]
         groups.append(Group(
             name=f"tilt_{tilt:g}", title=f"B0 tilted by {tilt:g} degrees", cases=cases,
@@ -412,7 +421,7 @@ def _orientation_suite(methods, n):
             x_label=f"{tilt:g}",
             description=(f"Synthetic volumes of {SWEEP_SHAPE} at {_fmt_vsz(SWEEP_VOXEL_SIZE)} mm, "
                          f"B0 tilted by {tilt:g} degrees from the third axis."),
-            source={"generator": "metaqsm.simulate.synth.generate_sample", "seed": SWEEP_SEED,
+            source={"generator": "metaqsm.simulate.synth.generate_sample", "stream": SWEEP_STREAM,
                     "voxel_size": list(SWEEP_VOXEL_SIZE), "tilt_deg": tilt,
                     "shape": list(SWEEP_SHAPE)}))
     return Suite(name="orientation", title="RMSE against B0 direction", groups=groups,
