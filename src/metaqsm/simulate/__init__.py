@@ -10,6 +10,10 @@ import importlib
 _LAZY = {
     "brain_phantom": "phantoms",
     "Phantom": "phantoms",
+    "SynthConfig": "synth",
+    "generate_sample": "synth",
+    "TESTSETS": "testsets",
+    "testset_sample": "testsets",
     "Acquisition": "acquisition",
     "simulate_acquisition": "acquisition",
     "head_model": "acquisition",
