@@ -182,6 +182,17 @@ def test_buffered_gradient_and_divergence_match_the_core():
     np.testing.assert_allclose(d, divergence(np.moveaxis(g, 0, -1), voxel_size=vsz), atol=1e-5)
 
 
+def test_fused_weighted_div_grad_matches_the_core():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 8, 7)).astype(np.float32)
+    w = rng.random((3, 9, 8, 7)).astype(np.float32)
+    vsz = np.array([0.7, 1.0, 2.0])
+    expect = divergence(np.moveaxis(w, 0, -1) * gradient(x, voxel_size=vsz), voxel_size=vsz)
+    w_scaled = (w / (vsz ** 2).reshape(3, 1, 1, 1)).astype(np.float32)
+    out = _common.weighted_div_grad_into(x, w_scaled, np.empty_like(x), np.empty_like(x))
+    np.testing.assert_allclose(out, expect, atol=1e-4)
+
+
 def test_ilsqr_streaking_estimate_lies_in_the_cone(case):
     """Step 3 of iLSQR: with the whole volume as mask, the artifact estimate has no k-space
     energy outside the ill-conditioned cone |D| < 0.1."""

@@ -142,16 +142,15 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
         return sfft.irfftn(X, s=shape, workers=WORKERS)
 
     g = np.empty((3,) + shape, np.float32)
-    gbuf = np.empty((3,) + shape, np.float32)
     tmp = np.empty(shape, np.float32)
+    inv_d2 = (1.0 / np.asarray(vsz, np.float64) ** 2).astype(np.float32).reshape(3, 1, 1, 1)
 
     def neg_reg(dx, vr):
         """-G^T M Vr M G dx = div(M Vr M grad dx): the toolbox's ``reg`` is G^T M Vr M G, the
-        positive semi-definite operator (its ``div`` is the adjoint of ``grad``)."""
-        _common.grad_into(dx, vsz, gbuf)
-        np.multiply(gbuf, vr, out=gbuf)
+        positive semi-definite operator (its ``div`` is the adjoint of ``grad``). ``vr``
+        carries the 1/d^2 of the two differences."""
         out = np.empty(shape, np.float32)
-        return _common.div_into(gbuf, vsz, out, tmp)
+        return _common.weighted_div_grad_into(dx, vr, out, tmp)
 
     two_lam = np.float32(2.0 * lam)
     x = np.zeros(shape, np.float32)
@@ -164,7 +163,8 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
             g += eps
             np.sqrt(g, out=g)
             np.reciprocal(g, out=g)
-            vr = g * wg * wg  # M Vr M, fixed for this Gauss-Newton step
+            vr = g * wg  # M Vr M / d^2 (M is binary), fixed for this Gauss-Newton step
+            vr *= inv_d2
             dphi = conv(x)
             dphi -= rdf
             np.sin(dphi, out=dphi)
