@@ -272,3 +272,70 @@ def test_slices_are_shown_anterior_up_whatever_the_affine():
     flipped = case_slices({"mask": mask, "voxel_size": vsz, "affine": lps}, index=(10, 12, 8))(
         vol[::-1, ::-1, :])
     assert np.array_equal(flipped["axial"], ax)
+
+
+def test_paper_suite_design_with_stand_in_networks(tmp_path, monkeypatch):
+    """Tables 1-3 as in the paper: Mesa at its own resolution, Meta, the other Mesa as is and
+    after naive interpolation (stand-in networks record how they are called)."""
+    import metaqsm.dl.registry as registry
+    import metaqsm.inversion as inv
+    from metaqsm.evaluate import suites
+
+    vsz = {"paper": (1.0, 1.0, 2.0), "res_0.5x0.5x2": (0.5, 0.5, 2.0),
+           "res_0.7639x0.7639x3": (0.7639, 0.7639, 3.0)}
+    monkeypatch.setattr(suites, "_testset_case", lambda name, i: suites._phantom_case(
+        i, (48, 48, 24), vsz[name], 0.0, 0.002, 0))
+    monkeypatch.setattr(registry, "shipped_path", lambda name: f"/models/{name}.safetensors")
+    calls = []
+    real_get = inv.get_method
+
+    def stand_in(kind):
+        def net(field, mask, *, voxel_size, b0_dir, weights=None, device="cpu"):
+            calls.append((kind, weights, tuple(np.round(voxel_size, 4)), field.shape))
+            return real_get("tkd")(field, mask, voxel_size=voxel_size, b0_dir=b0_dir)
+        return net
+
+    monkeypatch.setattr(inv, "get_method", lambda name: stand_in(name) if name in ("meta", "mesa")
+                        else real_get(name))
+    res = run_suite(build_suite("paper", methods=["tkd", "meta", "mesa"], n=2), tmp_path / "p",
+                    progress=False)
+    assert res["computed"] == 2 * (3 + 4 + 4) and not res["unavailable"]  # table 1: tkd meta mesa
+    mesa_b = "/models/mesa-0.7639x0.7639x3.safetensors"
+    # Table 2 (0.5 x 0.5 x 2 mm): the 0.7639 Mesa as is, and on the field resampled to 0.7639 mm
+    assert ("mesa", mesa_b, (0.5, 0.5, 2.0), (48, 48, 24)) in calls
+    assert ("mesa", mesa_b, (0.7742, 0.7742, 3.0), (31, 31, 16)) in calls
+    assert ("mesa", "/models/mesa-0.5x0.5x2.safetensors", (0.5, 0.5, 2.0), (48, 48, 24)) in calls
+    md = (tmp_path / "p" / "report.md").read_text()
+    for title in ("## Table 1", "## Table 2", "## Table 3", "Mesa-QSM (0.7639x0.7639x3, interpolated)",
+                  '"testset": "res_0.5x0.5x2"', '"version": 1'):
+        assert title in md
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())["groups"]
+    assert summary["table2"]["Meta-QSM"]["n"] == 2
+    # --methods filters the fixed design of Tables 2-3 instead of replacing it
+    only = build_suite("paper", methods=["tkd"], n=1)
+    assert [s.label for s in only.groups[0].specs] == ["TKD"]
+    assert only.groups[1].specs == [] and only.groups[2].specs == []
+
+
+def test_sweeps_tilt_the_same_scene_and_plot(tmp_path, monkeypatch):
+    from metaqsm.evaluate import suites
+
+    small = (32, 32, 16)
+    a = suites.sweep_sample("orientation", 0, voxel_size=(1.0, 1.0, 2.0), tilt_deg=0.0, shape=small)
+    b = suites.sweep_sample("orientation", 0, voxel_size=(1.0, 1.0, 2.0), tilt_deg=30.0, shape=small)
+    assert np.array_equal(a["chi"], b["chi"]) and np.array_equal(a["mask"], b["mask"])
+    assert np.allclose(b["b0_dir"], [0.5, 0.0, np.sqrt(3) / 2], atol=1e-6)
+    assert np.allclose(a["b0_dir"], [0, 0, 1])
+    assert not np.allclose(a["field"], b["field"])
+    c = suites.sweep_sample("resolution", 0, voxel_size=(1.0, 1.0, 2.0), shape=small)
+    assert not np.array_equal(a["chi"], c["chi"])  # another stream than the orientation sweep
+    real = suites.sweep_sample
+    monkeypatch.setattr(suites, "sweep_sample", lambda *a, **k: real(*a, **{**k, "shape": small}))
+    res = run_suite(build_suite("orientation", methods=["tkd"], n=2), tmp_path / "o", progress=False)
+    assert res["computed"] == 6
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "## Sweep: B0 tilt (degrees)" in md and "| B0 tilt (degrees) | TKD |" in md
+    figs = tmp_path / "o" / "figures"
+    assert (figs / "sweep_b0_tilt_degrees_rmse.png").is_file()
+    rows = [line for line in md.splitlines() if re.match(r"\| (0|15|30) \|", line)]
+    assert len(rows) == 9  # RMSE, HFEN and SSIM tables, 3 tilts each

@@ -71,7 +71,9 @@ RESOLUTION_SWEEP = (
 ORIENTATION_SWEEP = (0.0, 15.0, 30.0)
 SWEEP_SHAPE = (128, 128, 64)
 SWEEP_VOXEL_SIZE = (0.75, 0.75, 2.0)  # the orientation sweep's voxel size, mm
-SWEEP_STREAM = 1_000_707  # random stream of the sweeps: >= 10**6, never used for training
+# random streams of the sweeps: the test sets' family (metaqsm.simulate.testsets), set ids that
+# the official test sets (1-3) do not use; never a training stream
+SWEEP_STREAMS = {"resolution": 101, "orientation": 102}
 SWEEP_N = 10
 
 # FANSI case: Gaussian noise added to the simulated local field, ppm (about 1% of its range).
@@ -239,26 +241,47 @@ def _testset_case(name, index):
     return dict(testset_sample(name, index))
 
 
-def sweep_sample(index, *, voxel_size, tilt_deg=0.0, stream=None, shape=SWEEP_SHAPE):
+def sweep_rng(sweep, index):
+    """The random generator of volume ``index`` of a sweep ("resolution" or "orientation").
+
+    Drawn from the test sets' seed family
+    (``SeedSequence(entropy=TESTSET_ENTROPY, spawn_key=(TESTSET_VERSION, set_id, index))``, see
+    :mod:`metaqsm.simulate.testsets`) with set ids 101 and 102, so sweeps never share a stream with
+    training or with the official test sets.
+    """
+    from ..simulate.testsets import TESTSET_ENTROPY, TESTSET_VERSION
+
+    if sweep not in SWEEP_STREAMS:
+        raise ValueError(f"sweep must be one of {', '.join(SWEEP_STREAMS)}, got {sweep!r}")
+    seq = np.random.SeedSequence(entropy=TESTSET_ENTROPY,
+                                 spawn_key=(TESTSET_VERSION, SWEEP_STREAMS[sweep],
+                                            as_int(index, "index")))
+    return np.random.default_rng(seq)
+
+
+def sweep_sample(sweep, index, *, voxel_size, tilt_deg=0.0, shape=SWEEP_SHAPE):
     """One synthetic volume of a sweep: fixed voxel size and fixed B0 tilt.
 
     The scene (fine-grid susceptibility) comes from the synthetic-data generator
     (:mod:`metaqsm.simulate.synth`) with the paper's setting except the voxel size, drawn from
-    ``numpy.random.default_rng((stream, index))`` with ``stream`` >= 10**6, a random stream that
-    training (seeds < 10**6) never uses; B0 is then tilted by ``tilt_deg`` degrees from the third
-    axis towards the first, and the field is computed on the fine grid and reduced
-    (:func:`metaqsm.simulate.synth.finish_scene`). The same ``index`` gives the same scene at
-    every tilt, so the orientation sweep compares tilts on identical anatomy.
+    :func:`sweep_rng`; B0 is then tilted by ``tilt_deg`` degrees from the third axis towards the
+    first, and the field is computed on the fine grid and reduced
+    (:func:`metaqsm.simulate.synth.finish_scene`). The same ``index`` gives the same scene at every
+    tilt, so the orientation sweep compares tilts on identical anatomy.
+
+    Returns
+    -------
+    dict
+        ``field``, ``chi`` (ppm), ``mask``, ``voxel_size`` (mm), ``b0_dir``.
     """
     import dataclasses
 
     from ..simulate import synth
 
-    stream = SWEEP_STREAM if stream is None else as_int(stream, "stream", minimum=synth.TRAIN_SEED_LIMIT)
     vsz = as_voxel_size(voxel_size)
     config = synth.SynthConfig(patch_shape=tuple(shape), voxel_size_range=tuple((v, v) for v in vsz))
-    rng = np.random.default_rng((stream, as_int(index, "index")))
-    scene = synth._fine_scene(config, rng)  # noqa: SLF001 - the generator's own test-stream entry
+    rng = sweep_rng(sweep, index)
+    scene = synth._fine_scene(config, rng)  # noqa: SLF001 - as the test sets do (testsets.py)
     if tilt_deg:
         scene = dataclasses.replace(scene, b0_dir=np.asarray(_tilted(tilt_deg)))
     return dict(synth.finish_scene(scene, config=config, rng=rng))
@@ -392,19 +415,28 @@ def testset_info(testsets, name):
     return info
 
 
+def _sweep_source(sweep, vsz, tilt):
+    from ..simulate.testsets import TESTSET_ENTROPY, TESTSET_VERSION
+
+    return {"generator": "metaqsm.evaluate.suites.sweep_sample (synth scene, fixed geometry)",
+            "entropy": TESTSET_ENTROPY, "testset_version": TESTSET_VERSION,
+            "set_id": SWEEP_STREAMS[sweep], "voxel_size": list(vsz), "tilt_deg": float(tilt),
+            "shape": list(SWEEP_SHAPE)}
+
+
 def _resolution_suite(methods, n):
     groups = []
     count = _limit(n, SWEEP_N)
     for i, (label, vsz) in enumerate(RESOLUTION_SWEEP):
-        cases = [Case(f"{j:03d}", (lambda j=j, v=vsz: sweep_sample(j, voxel_size=v)))
+        cases = [Case(f"{j:03d}", (lambda j=j, v=vsz: sweep_sample("resolution", j, voxel_size=v)))
                  for j in range(count)]
+        source = _sweep_source("resolution", vsz, 0.0)
         groups.append(Group(
             name=f"res_{slug(label)}", title=f"Voxel size {label} mm", cases=cases,
             specs=_free_specs(methods, PAPER_METHODS), sweep="voxel size (mm)", x=float(i),
             x_label=label,
             description=f"Synthetic volumes of {SWEEP_SHAPE} at {_fmt_vsz(vsz)} mm, B0 along z.",
-            source={"generator": "metaqsm.simulate.synth.generate_sample", "stream": SWEEP_STREAM,
-                    "voxel_size": list(vsz), "tilt_deg": 0.0, "shape": list(SWEEP_SHAPE)}))
+            source=source))
     return Suite(name="resolution", title="RMSE against voxel size", groups=groups,
                  description="Issue 6 resolution sweep: one network for every voxel size.")
 
@@ -413,17 +445,16 @@ def _orientation_suite(methods, n):
     groups = []
     count = _limit(n, SWEEP_N)
     for tilt in ORIENTATION_SWEEP:
-        cases = [Case(f"{j:03d}", (lambda j=j, t=tilt: sweep_sample(j, voxel_size=SWEEP_VOXEL_SIZE, tilt_deg=t)))
-                 for j in range(count)]
+        cases = [Case(f"{j:03d}", (lambda j=j, t=tilt: sweep_sample(
+            "orientation", j, voxel_size=SWEEP_VOXEL_SIZE, tilt_deg=t))) for j in range(count)]
+        source = _sweep_source("orientation", SWEEP_VOXEL_SIZE, tilt)
         groups.append(Group(
             name=f"tilt_{tilt:g}", title=f"B0 tilted by {tilt:g} degrees", cases=cases,
             specs=_free_specs(methods, PAPER_METHODS), sweep="B0 tilt (degrees)", x=float(tilt),
             x_label=f"{tilt:g}",
             description=(f"Synthetic volumes of {SWEEP_SHAPE} at {_fmt_vsz(SWEEP_VOXEL_SIZE)} mm, "
                          f"B0 tilted by {tilt:g} degrees from the third axis."),
-            source={"generator": "metaqsm.simulate.synth.generate_sample", "stream": SWEEP_STREAM,
-                    "voxel_size": list(SWEEP_VOXEL_SIZE), "tilt_deg": tilt,
-                    "shape": list(SWEEP_SHAPE)}))
+            source=source))
     return Suite(name="orientation", title="RMSE against B0 direction", groups=groups,
                  description="Issue 6 orientation sweep: one network for every B0 direction.")
 
