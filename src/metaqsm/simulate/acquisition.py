@@ -31,7 +31,7 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from .._validate import as_b0_dir, as_mask, as_positive, as_volume, as_voxel_size
-from ..kernels import WORKERS, forward_field, padded_shape
+from ..kernels import WORKERS, forward_field
 from ..units import ppm_to_rad
 
 __all__ = [
@@ -56,7 +56,7 @@ BONE_CHI = -2.0
 CSF_MM = 2.0
 SKULL_MM = 8.0
 SCALP_MM = 14.0
-HEAD_MARGIN_MM = 40.0  # grid margin around the FOV: the head plus at least 25 mm of air
+NECK_MM = 30.0  # length of the neck below the head
 
 HEAD_LABELS = {"air": 0, "brain": 1, "csf": 2, "skull": 3, "scalp": 4, "sinus": 5}
 """Labels of :func:`head_model`."""
@@ -120,8 +120,8 @@ class Acquisition:
     affine: np.ndarray | None = None
 
 
-def head_model(mask, *, voxel_size, margin_mm=HEAD_MARGIN_MM):
-    """Labels of a head around a brain mask, on a grid padded by ``margin_mm`` on every side.
+def head_model(mask, *, voxel_size, neck_mm=NECK_MM):
+    """Labels of a head around a brain mask, on a grid padded so the head fits.
 
     Layers by distance from the brain surface: CSF and meninges (0-2 mm), skull (2-8 mm), scalp
     (8-14 mm), air beyond; a neck below the brain; air-filled sinuses (frontal, sphenoid) and
@@ -134,20 +134,22 @@ def head_model(mask, *, voxel_size, margin_mm=HEAD_MARGIN_MM):
         Brain mask.
     voxel_size : 3 floats
         mm.
-    margin_mm : float
-        Margin added around the volume (mm); the head extends beyond the field of view.
+    neck_mm : float
+        Length of the neck below the head (mm), added to the grid's lower z margin.
 
     Returns
     -------
-    labels : (X + 2 mx, Y + 2 my, Z + 2 mz) uint8
-        See :data:`HEAD_LABELS`.
-    margin : (3,) int
-        Margin in voxels (the volume sits at ``labels[mx:mx+X, ...]``).
+    labels : (X + 2 mx, Y + 2 my, Z + 2 mz + nz) uint8
+        See :data:`HEAD_LABELS`. The head extends beyond the field of view.
+    offset : (3,) int
+        Where the volume starts: ``labels[ox:ox+X, oy:oy+Y, oz:oz+Z]`` is its field of view.
     """
     vsz = as_voxel_size(voxel_size)
     mask = as_mask(mask, np.shape(mask), "mask")
-    margin = np.ceil(as_positive(margin_mm, "margin_mm") / vsz).astype(int)
-    brain = np.pad(mask, [(m, m) for m in margin])
+    margin = np.ceil((SCALP_MM + 2.0) / vsz).astype(int)
+    neck = int(np.ceil(as_positive(neck_mm, "neck_mm", allow_zero=True) / vsz[2]))
+    lo = margin + np.array([0, 0, neck])
+    brain = np.pad(mask, [(lo[0], margin[0]), (lo[1], margin[1]), (lo[2], margin[2])])
     # The layers are mm thick: a distance map on a grid of about 2 mm voxels is accurate enough
     # and an order of magnitude faster than on the fine grid.
     step = np.maximum(1, np.floor(2.0 / vsz)).astype(int)
@@ -159,11 +161,11 @@ def head_model(mask, *, voxel_size, margin_mm=HEAD_MARGIN_MM):
     dist[brain] = 0.0
     dist[(dist == 0) & ~brain] = 0.5 * float(vsz.min())
 
-    # coordinates in mm relative to the brain's bounding box centre, and the box half sizes
+    # coordinates relative to the brain's bounding box (centre 0, half sizes 1)
     idx = np.argwhere(brain)
-    lo, hi = idx.min(0), idx.max(0)
-    centre = 0.5 * (lo + hi) * vsz
-    half = np.maximum(0.5 * (hi - lo + 1) * vsz, 1.0)
+    lo_b, hi_b = idx.min(0), idx.max(0)
+    centre = 0.5 * (lo_b + hi_b) * vsz
+    half = np.maximum(0.5 * (hi_b - lo_b + 1) * vsz, 1.0)
     axes = [(np.arange(n) * d - c) / h for n, d, c, h in zip(brain.shape, vsz, centre, half)]
     X, Y, Z = np.meshgrid(*axes, indexing="ij", sparse=True)
     R = np.sqrt(X * X + Y * Y + Z * Z) + 1e-9
@@ -177,15 +179,44 @@ def head_model(mask, *, voxel_size, margin_mm=HEAD_MARGIN_MM):
     sinus = shell & (cone((0.0, 0.82, -0.57), 16.0) | cone((0.0, 0.45, -0.9), 12.0))
     for side in (-1.0, 1.0):
         sinus |= shell & cone((0.72 * side, -0.15, -0.68), 9.0)
-    neck = (Z < -0.5) & (((X / 0.5) ** 2 + ((Y + 0.1) / 0.6) ** 2) <= 1.0)
+    neck_region = (Z < -0.5) & (((X / 0.5) ** 2 + ((Y + 0.1) / 0.6) ** 2) <= 1.0)
 
     labels = np.zeros(brain.shape, np.uint8)
-    labels[(dist <= SCALP_MM) | neck] = HEAD_LABELS["scalp"]
+    labels[(dist <= SCALP_MM) | neck_region] = HEAD_LABELS["scalp"]
     labels[(dist > CSF_MM) & (dist <= SKULL_MM)] = HEAD_LABELS["skull"]
     labels[(dist > 0) & (dist <= CSF_MM)] = HEAD_LABELS["csf"]
     labels[sinus] = HEAD_LABELS["sinus"]
     labels[brain] = HEAD_LABELS["brain"]
-    return labels, margin
+    return labels, lo
+
+
+def _background_field(labels, offset, chi_outside, mask, vsz, b0):
+    """Field (ppm) of the head's susceptibility in the field of view, by point dipoles.
+
+    The image-space (point dipole) kernel keeps the field of sources outside the brain
+    harmonic inside it (the k-space kernel rings around the 9.4 ppm air-tissue steps, which
+    puts spurious sources into the brain). That kernel is cut at half the padded grid, so the
+    grid is padded to twice the head's extent: every source then acts on every brain voxel
+    through its nearest image.
+    """
+    shape = mask.shape
+    inner = tuple(slice(o, o + n) for o, n in zip(offset, shape))
+    # Susceptibility relative to air, so the zero padding beyond the grid is air.
+    src = np.zeros(labels.shape, np.float32)
+    src[labels != HEAD_LABELS["air"]] = -AIR_CHI
+    src[labels == HEAD_LABELS["sinus"]] = 0.0
+    src[labels == HEAD_LABELS["skull"]] += BONE_CHI
+    src[inner] += chi_outside
+    idx = np.argwhere(labels != HEAD_LABELS["air"])
+    extent = idx.max(0) - idx.min(0) + 1
+    # crop the grid to the head (and the field of view), then pad to twice the head's extent
+    lo = np.minimum(idx.min(0), offset)
+    hi = np.maximum(idx.max(0) + 1, np.asarray(offset) + shape)
+    src = src[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    pad = [max(0, int(2 * e + 2 - n)) for e, n in zip(extent, src.shape)]
+    bg = forward_field(src, voxel_size=vsz, b0_dir=b0, pad=tuple(pad), method="ispace")
+    o = np.asarray(offset) - lo
+    return bg[o[0]:o[0] + shape[0], o[1]:o[1] + shape[1], o[2]:o[2] + shape[2]]
 
 
 def _reduce_shape(shape, vsz, out_vsz, method):
@@ -310,7 +341,7 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     Steps, on the input (fine) grid: (1) local field = dipole convolution of ``chi`` inside
     ``mask`` (:func:`metaqsm.kernels.forward_field`, zero padded); (2) background field of a head
     around the brain (:func:`head_model`: CSF, skull at -2 ppm, scalp, neck, air sinuses and
-    mastoid cells at +9.4 ppm, air outside), computed on a grid padded by 40 mm so that the
+    mastoid cells at +9.4 ppm, air outside), computed with point dipoles on a grid that holds the whole
     head extends beyond the field of view, plus any ``chi`` outside the mask; (3) complex signal
     ``M0 exp(-R2* TE) exp(i (phi0 + 2 pi gamma B0 field TE))`` per echo. Then, if
     ``output_voxel_size`` is given, the complex signal and the truth maps are reduced to it
@@ -410,21 +441,15 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     chi_in = np.where(mask, chi, 0.0).astype(np.float32)
     local = forward_field(chi_in, voxel_size=vsz, b0_dir=b0)
 
-    labels, margin = head_model(mask, voxel_size=vsz)
-    inner = tuple(slice(m, m + n) for m, n in zip(margin, shape))
-    fov_labels = labels[inner]
+    labels, offset = head_model(mask, voxel_size=vsz)
+    fov_labels = labels[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+    chi_out = np.where(mask, 0.0, chi).astype(np.float32)
     if background:
-        # Susceptibility relative to air, so the zero padding beyond the grid is air.
-        src = np.zeros(labels.shape, np.float32)
-        src[labels != HEAD_LABELS["air"]] = -AIR_CHI
-        src[labels == HEAD_LABELS["sinus"]] = 0.0
-        src[labels == HEAD_LABELS["skull"]] += BONE_CHI
-        src[inner] += np.where(mask, 0.0, chi).astype(np.float32)
-        bg = forward_field(src, voxel_size=vsz, b0_dir=b0, pad=tuple(int(m) for m in margin))[inner]
-        # The constant of the field is arbitrary: centre the background on the brain.
-        bg = bg - np.float32(bg[mask].mean())
+        bg = _background_field(labels, offset, chi_out, mask, vsz, b0)
     else:
-        bg = forward_field(np.where(mask, 0.0, chi).astype(np.float32), voxel_size=vsz, b0_dir=b0)
+        bg = forward_field(chi_out, voxel_size=vsz, b0_dir=b0)
+    # The constant of the field is arbitrary: centre the background on the brain.
+    bg = bg - np.float32(bg[mask].mean())
     total = local + bg
 
     scale3 = np.float32(b0_t / 3.0)
