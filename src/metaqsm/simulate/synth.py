@@ -100,7 +100,7 @@ class SynthConfig:
     max_tilt_deg: float = 0.0  # degrees, B0 tilt away from the third axis (0: along it)
     fine_voxel_max: tuple = (0.5, 0.5, 1.0)  # mm, largest fine-grid voxel per axis
     min_subdivision: tuple = (2, 2, 2)  # fine voxels per target voxel, at least, per axis
-    anatomy_voxel: float = 1.0  # mm, grid of the warped MNI maps (their own resolution)
+    anatomy_voxel: float = 1.2  # mm, coarsest grid of the warped MNI maps (theirs: 1 mm)
     margin_mm: float = 16.0  # mm of sources simulated around the patch on every side
     field_pad: str = "none"  # "none": periodic FFT over patch+margin; "auto": zero-pad x2
     # source mix
