@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
+from scipy.linalg.blas import saxpy as _saxpy
 
 from .._validate import as_positive, as_volume
 from ..kernels import WORKERS, dipole_kernel
@@ -202,25 +203,24 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
 
 def _cg(apply_a, b, tol, max_iter):
     """Conjugate gradients for A x = b from x = 0, stopping at ||r|| <= tol ||b||."""
-    x = np.zeros_like(b)
-    r = b.copy()
+    # BLAS axpy updates in place in one pass over memory each (float32, contiguous 1-D views)
+    x = np.zeros(b.size, np.float32)
+    r = np.array(b, np.float32).ravel()
     p = r.copy()
-    rr = float(np.vdot(r.ravel(), r.ravel()))
+    rr = float(np.dot(r, r))
     stop = tol * tol * rr
     for _ in range(max_iter):
         if rr <= stop or rr == 0.0:
             break
-        q = apply_a(p)
-        alpha = np.float32(rr / float(np.vdot(p.ravel(), q.ravel())))
-        q *= alpha
-        r -= q
-        np.multiply(p, alpha, out=q)
-        x += q
-        rr_new = float(np.vdot(r.ravel(), r.ravel()))
+        q = np.ascontiguousarray(apply_a(p.reshape(b.shape)), np.float32).ravel()
+        alpha = rr / float(np.dot(p, q))
+        _saxpy(p, x, a=alpha)
+        _saxpy(q, r, a=-alpha)
+        rr_new = float(np.dot(r, r))
         p *= np.float32(rr_new / rr)
-        p += r
+        _saxpy(r, p, a=1.0)
         rr = rr_new
-    return x
+    return x.reshape(b.shape)
 
 
 def data_weight(mask, *, magnitude=None, noise_std=None):
