@@ -98,7 +98,7 @@ def main(argv=None):
         add(f"fit_echoes ({method}, romeo)", t, f"field RMSE {np.sqrt(np.mean(err ** 2)):.4f} ppm")
         fits[method] = fit
     field = fits["nonlinear"].field
-    for name in ("resharp", "vsharp", "sharp", "pdf"):
+    for name in ("resharp", "vsharp", "sharp", "pdf", "lbv"):
         kw = {"noise": fits["nonlinear"].noise} if name == "pdf" else {}
         t, (loc, me) = _timed(lambda: get_method(name)(field, mask, voxel_size=vsz, **kw))
         a = loc[me] - loc[me].mean()

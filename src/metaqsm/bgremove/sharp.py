@@ -170,13 +170,16 @@ def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, thres
 
 
 def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_reg=1e-4,
-            tol=3e-5, max_iter=60):
+            tol=1e-3, max_iter=100):
     """RESHARP: SHARP with Tikhonov regularisation, solved by conjugate gradients.
 
     Solves ``min_x ||M C (x - f)||^2 + tik_reg ||x||^2`` for the local field ``x``, with
-    ``C = delta - S`` the SMV high-pass and ``M`` the mask eroded by the sphere, through the
-    normal equations ``(C M C + tik_reg) x = C M C f``. The solver is conjugate gradients
-    preconditioned with the Fourier-diagonal operator ``(C^2 + tik_reg)^-1``.
+    ``C = delta - S`` the SMV high-pass and ``M`` the mask eroded by the sphere. Its normal
+    equations ``(C M C + tik_reg) x = C M C f`` are ill-conditioned outside ``M``, so they are
+    solved in the equivalent dual form: with ``u = M C (f - x) / tik_reg`` (supported in ``M``),
+    ``x = C u`` and ``(M C^2 M + tik_reg) u = M C f``, by conjugate gradients on the voxels of
+    ``M`` preconditioned with ``M (C^2 + 0.01)^-1 M`` (two FFT pairs per iteration, about ten
+    iterations; the primal form needed over a hundred).
 
     Parameters
     ----------
@@ -188,12 +191,10 @@ def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_
         Tikhonov regularisation weight (default 1e-4, as Sun's reference code; the paper's
         L-curve choice lies around 1e-4 to 1e-3 for fields in ppm).
     tol : float
-        Stopping tolerance on the relative residual of the normal equations (default 3e-5).
+        Stopping tolerance on the relative residual of the dual equations (default 1e-3: within
+        0.2 % of the converged solution on a 256 x 256 x 64 brain, in about 20 FFT pairs).
     max_iter : int
-        Maximum number of CG iterations (default 60). With these defaults the result is within
-        about 2 % (relative L2) of the fully converged solution on a 256 x 256 x 64 brain,
-        far below the method's own error, in about 60 FFT pairs; pass ``tol=1e-6,
-        max_iter=300`` for the converged solution.
+        Maximum number of CG iterations (default 100).
 
     Returns
     -------
@@ -209,61 +210,54 @@ def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_
     """
     field, mask, vsz, _ = check_inputs(field, mask, voxel_size, b0_dir)
     r = _check_radius(radius, vsz)
-    lam = as_positive(tik_reg, "tik_reg", allow_zero=True)
+    lam = np.float32(as_positive(tik_reg, "tik_reg", allow_zero=True))
     tol = as_positive(tol, "tol")
     max_iter = as_int(max_iter, "max_iter", minimum=1)
     grid = CropGrid(mask, _margin(vsz, r))
     shape = grid.shape
     S = smv_kernel(shape, voxel_size=vsz, radius=r)
     me = _eroded_or_fail(smv_erode(fft_of(grid.to_grid(mask)), S, shape, sphere_count(vsz, r)), r)
+    mef = me.astype(np.float32)
     hp = (1.0 - S).astype(np.float32)
     hp2 = hp * hp
-    pre = (1.0 / (hp2 + max(lam, 1e-6))).astype(np.float32)
-    mef = me.astype(np.float32)
+    pre = (1.0 / (hp2 + np.float32(1e-2))).astype(np.float32)
 
-    def normal(X):
-        """(C M C + lam) x, from and to the Fourier domain."""
-        y = ifft_of(X * hp, shape).astype(np.float32, copy=False)
+    def conv(u, kernel):
+        return ifft_of(fft_of(u) * kernel, shape).astype(np.float32, copy=False)
+
+    def A(u):
+        y = conv(u, hp2)
         y *= mef
-        Y = fft_of(y)
-        Y *= hp
         if lam:
-            Y += np.float32(lam) * X
-        return Y
+            y += lam * u
+        return y
 
-    # CG in the Fourier domain, so that the preconditioner is a product: the inner product of
-    # half spectra counts every coefficient twice except the k_z = 0 (and Nyquist) planes,
-    # which makes it proportional to the real-space inner product (Parseval).
-    last = shape[2] % 2 == 0  # the Nyquist plane of an even last axis is not doubled either
+    def precond(v):
+        z = conv(v, pre)
+        z *= mef
+        return z
 
-    def dot(A, B):
-        d = 2.0 * np.vdot(A, B).real - np.vdot(A[..., 0], B[..., 0]).real
-        if last:
-            d -= np.vdot(A[..., -1], B[..., -1]).real
-        return float(d)
-
-    f = grid.to_grid(np.where(mask, field, 0.0))
-    Fb = fft_of(mef * ifft_of(fft_of(f) * hp, shape).astype(np.float32)) * hp
-    X = np.zeros_like(Fb)
-    R = Fb.copy()
-    Z = R * pre
-    P = Z.copy()
-    rz = dot(R, Z)
-    bnorm = np.sqrt(dot(Fb, Fb))
-    if bnorm == 0:
-        return grid.from_grid(np.zeros(shape, np.float32)), grid.from_grid(me, dtype=bool)
-    for _ in range(max_iter):
-        AP = normal(P)
-        alpha = np.float32(rz / dot(P, AP))
-        X += alpha * P
-        AP *= alpha
-        R -= AP
-        if np.sqrt(dot(R, R)) < tol * bnorm:
-            break
-        Z = R * pre
-        rz_new = dot(R, Z)
-        P *= np.float32(rz_new / rz)
-        P += Z
-        rz = rz_new
-    local = ifft_of(X, shape) * me
+    b = conv(grid.to_grid(np.where(mask, field, 0.0)), hp)
+    b *= mef
+    u = np.zeros(shape, np.float32)
+    bnorm = float(np.linalg.norm(b))
+    if bnorm > 0:
+        res = b.copy()
+        z = precond(res)
+        p = z.copy()
+        rz = float(np.vdot(res, z))
+        for _ in range(max_iter):
+            Ap = A(p)
+            alpha = np.float32(rz / float(np.vdot(p, Ap)))
+            u += alpha * p
+            Ap *= alpha
+            res -= Ap
+            if float(np.linalg.norm(res)) < tol * bnorm:
+                break
+            z = precond(res)
+            rz_new = float(np.vdot(res, z))
+            p *= np.float32(rz_new / rz)
+            p += z
+            rz = rz_new
+    local = conv(u, hp) * me
     return grid.from_grid(local), grid.from_grid(me, dtype=bool)
