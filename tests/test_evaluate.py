@@ -217,19 +217,51 @@ def test_bad_input_gives_clear_errors(small_phantom, tmp_path, capsys):
 
 
 def test_a_failing_method_is_reported_not_fatal(tmp_path, monkeypatch):
-    """A network without a shipped model (or any failing method) leaves its column 'not available'."""
+    """A network that fails is 'not available (reason)', a failing classical method is listed as
+    failed; neither ends the run."""
+    import metaqsm.dl.registry as registry
     import metaqsm.inversion as inv
 
     def broken(field, mask, **kwargs):
         raise RuntimeError("no model shipped yet")
 
+    def bad_tv(field, mask, **kwargs):
+        raise ValueError("diverged")
+
     real_get = inv.get_method
-    monkeypatch.setattr(inv, "get_method", lambda name: broken if name == "meta" else real_get(name))
-    res = run_suite(build_suite("quick", methods=["tkd", "meta"], n=1), tmp_path / "r", progress=False)
+    monkeypatch.setattr(registry, "shipped_path", lambda name: f"/models/{name}.safetensors")
+    monkeypatch.setattr(inv, "get_method", lambda name: {"meta": broken, "tv": bad_tv}.get(
+        name) or real_get(name))
+    res = run_suite(build_suite("quick", methods=["tkd", "tv", "meta"], n=1), tmp_path / "r",
+                    progress=False)
     assert res["unavailable"] == {"Meta-QSM": "RuntimeError: no model shipped yet"}
+    assert res["failed"] == {"TV": ["000: ValueError: diverged"]}
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Meta-QSM: not available (RuntimeError: no model shipped yet)" in md
+    assert "TV: failed on 1 volume(s): 000: ValueError: diverged" in md
     assert res["computed"] == 1
+
+
+def test_missing_shipped_model_is_found_before_any_volume_is_built(tmp_path, monkeypatch):
+    import metaqsm.dl.registry as registry
+    from metaqsm.evaluate import Case, Group, Suite
+
+    def missing(name):
+        raise FileNotFoundError(f"the shipped model {name!r} is not installed")
+
+    monkeypatch.setattr(registry, "shipped_path", missing)
+    built = []
+    case = Case("000", lambda: built.append(1) or {})
+    suite = Suite("quick", "t", [Group("g", "g", [case], [suites_spec("meta")])])
+    res = run_suite(suite, tmp_path / "r", progress=False)
+    assert built == [] and res["computed"] == 0
+    assert res["unavailable"]["Meta-QSM"].startswith("FileNotFoundError: the shipped model 'meta'")
+
+
+def suites_spec(name):
+    from metaqsm.evaluate.suites import default_spec
+
+    return default_spec(name)
 
 
 def test_naive_interpolation_round_trip():

@@ -175,6 +175,22 @@ def _call(spec, sample, device):
     return chi, seconds
 
 
+def probe(spec):
+    """Raise the reason a network spec cannot run (its registered function or shipped model is
+    missing) before any volume is built; classical methods only need to import."""
+    from ..inversion import get_method
+
+    get_method(spec.method)
+    if spec.method in NETWORKS:
+        from ..dl.registry import SHIPPED, shipped_path
+
+        weights = spec.params.get("weights")
+        if isinstance(weights, str) and weights in SHIPPED:
+            shipped_path(weights)
+        elif weights is None and spec.method in SHIPPED:
+            shipped_path(spec.method)
+
+
 def naive_interpolation(func, field, mask, *, voxel_size, b0_dir, target_voxel_size, **kwargs):
     """Reconstruct at another voxel size: resample the field, invert there, resample back.
 
@@ -271,6 +287,11 @@ def run_suite(suite, out, *, force=False, resume=False, progress=True, save_volu
             return False
         return not save_volumes or volume_path(out, g, c, s.label).exists()
 
+    for s in {s.label: s for g in suite.groups for s in g.specs}.values():
+        try:
+            probe(s)
+        except Exception as exc:  # reported as "not available (reason)"
+            status["unavailable"][s.label] = f"{type(exc).__name__}: {exc}".strip()
     skipped = sum(done(g, c, s) for g, c, s in pairs)
     computed = 0
     bar = tqdm(total=len(pairs), initial=skipped, disable=not progress, unit="recon",
