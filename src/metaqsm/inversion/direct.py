@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import as_positive
-from ..kernels import dipole_kernel, fft_convolve, gradient_kernel_sq, laplacian_kernel
+from ..kernels import crop_volume, dipole_kernel, fft_convolve, gradient_kernel_sq, laplacian_kernel
 from . import _common
 
 __all__ = ["tkd", "tsvd", "tikhonov"]
@@ -31,9 +31,8 @@ def _kdiv(field, mask, voxel_size, b0_dir, pad, inverse_kernel):
     K = inverse_kernel(D, shape, vsz)
     del D
     chi = fft_convolve(_common.pad(f, shape), K)
-    chi = _common.crop(chi, f.shape)
-    chi *= m
-    return chi.astype(np.float32, copy=False)
+    chi = crop_volume(chi, f.shape)
+    return np.multiply(chi, m, dtype=np.float32)  # one pass: crop, mask and contiguous copy
 
 
 def tkd(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=0.2, pad=0):
@@ -89,11 +88,13 @@ def tkd(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=0.2, pad=0
     thr = as_positive(threshold, "threshold")
 
     def inverse(D, shape, vsz):
-        a = np.abs(D)
-        small = a < thr
+        small = np.abs(D) < np.float32(thr)
+        neg = D < 0
         with np.errstate(divide="ignore"):
-            K = np.where(small, np.where(D < 0, -1.0 / thr, 1.0 / thr), 1.0 / D)
-        return K.astype(np.float32)
+            K = np.divide(np.float32(1.0), D, out=D)  # D is not needed afterwards
+        K[small] = np.float32(1.0 / thr)
+        K[small & neg] = np.float32(-1.0 / thr)
+        return K
 
     return _kdiv(field, mask, voxel_size, b0_dir, pad, inverse)
 
@@ -129,9 +130,11 @@ def tsvd(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=0.2, pad=
     thr = as_positive(threshold, "threshold")
 
     def inverse(D, shape, vsz):
+        small = np.abs(D) < np.float32(thr)
         with np.errstate(divide="ignore"):
-            K = np.where(np.abs(D) < thr, 0.0, 1.0 / D)
-        return K.astype(np.float32)
+            K = np.divide(np.float32(1.0), D, out=D)
+        K[small] = 0.0
+        return K
 
     return _kdiv(field, mask, voxel_size, b0_dir, pad, inverse)
 
@@ -185,7 +188,8 @@ def tikhonov(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-2, regul
             G2 = laplacian_kernel(shape, voxel_size=vsz) ** 2
         den = D * D + np.float32(lam) * G2
         with np.errstate(divide="ignore", invalid="ignore"):
-            K = np.where(den > 0, D / den, 0.0)
-        return K.astype(np.float32)
+            K = np.divide(D, den, out=den)
+        K[~np.isfinite(K)] = 0.0  # 0/0 where both D and G vanish (k = 0)
+        return K
 
     return _kdiv(field, mask, voxel_size, b0_dir, pad, inverse)
