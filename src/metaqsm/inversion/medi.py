@@ -51,10 +51,10 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     b0_dir : 3 floats
         B0 direction in voxel coordinates. Default: the third axis.
     magnitude : (X, Y, Z) or (X, Y, Z, echoes) array or None
-        Magnitude image (echoes are combined by root-sum-of-squares): source of the gradient mask (morphology prior) and, without
-        ``noise_std``, of the data weight (the field noise is inversely proportional to the
-        magnitude). Without it the gradient mask comes from the field itself and the data
-        weight is uniform.
+        Magnitude image (echoes are combined by root-sum-of-squares): source of the
+        gradient mask (morphology prior) and, without ``noise_std``, of the data weight (the
+        field noise is inversely proportional to the magnitude). Without it the gradient mask
+        comes from the field itself and the data weight is uniform.
     noise_std : float, (X, Y, Z) array or None
         Standard deviation of the field noise (ppm; only relative values matter): the data
         weight is ``1 / noise_std`` normalised to mean 1 in the mask (the toolbox's
