@@ -240,20 +240,24 @@ class WPConv3d(nn.Module):
         feats = geom.unique.to(dtype=self.weight.dtype)
         w, b = self.predict(feats)
         w = w.to(x.dtype)
-        if x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] > 1:
-            w = w.contiguous(memory_format=torch.channels_last_3d)
         b = None if b is None else b.to(x.dtype)
+        # kernels in the input's memory format, else the convolution leaves oneDNN's fast path
+        fmt = (torch.channels_last_3d if x.shape[1] > 1
+               and x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
         pad = self.kernel_size // 2
-        if len(geom.groups) == 1:
-            return F.conv3d(x, w[0], None if b is None else b[0], padding=pad)
-        outs, order = [], []
-        for u, idx in enumerate(geom.groups):
-            outs.append(F.conv3d(x.index_select(0, idx), w[u], None if b is None else b[u], padding=pad))
-            order.append(idx)
-        y = torch.cat(outs, 0)
-        perm = torch.empty_like(geom.inverse)
-        perm[torch.cat(order)] = torch.arange(x.shape[0], device=x.device)
-        return y.index_select(0, perm)
+        inv = geom.inverse.tolist()
+        # runs of consecutive samples with the same geometry, cut with torch.split: its backward
+        # is one concatenation (slicing or index_select would zero-fill and scatter a full-size
+        # gradient per run)
+        runs, start = [], 0
+        for i in range(1, len(inv) + 1):
+            if i == len(inv) or inv[i] != inv[start]:
+                runs.append((i - start, inv[start]))
+                start = i
+        parts = (x,) if len(runs) == 1 else torch.split(x, [n for n, _ in runs], dim=0)
+        outs = [F.conv3d(xs, w[u].contiguous(memory_format=fmt), None if b is None else b[u],
+                         padding=pad) for xs, (_, u) in zip(parts, runs)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
 
 class Conv3d(nn.Conv3d):

@@ -274,6 +274,12 @@ def _fixed_voxel_size(cfg):
     return None
 
 
+def _is_map_style(dataset):
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return False
+    return hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+
+
 class _MapSampler:
     """Resumable shuffled order over a map-style dataset: the per-rank position ``pos`` fixes the
     epoch (``pos // per_rank``) and the place in it; each epoch's permutation comes from a
@@ -318,7 +324,7 @@ class _Batches:
 
             dataset = H5Dataset(cfg["data"]["path"], split="train")
         self.dataset = dataset
-        if dataset is not None and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        if dataset is not None and _is_map_style(dataset):
             self.sampler = _MapSampler(len(dataset), seed=cfg["data"]["seed"], rank=rank, world=world)
             self._iter = None
         else:
@@ -358,7 +364,7 @@ def _validation_set(cfg, dataset=None):
             from .data import SyntheticStream
 
             dataset = SyntheticStream(_synth_config(cfg), seed=_val_seed(cfg), start=0, length=n)
-    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+    if _is_map_style(dataset):
         return [dataset[i] for i in range(min(n, len(dataset)))]
     out = []
     for s in dataset:
@@ -734,13 +740,13 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
             row = None
             if is_main and (step % r["log_every"] == 0 or step % r["val_every"] == 0
                             or step == r["steps"]):
-                row = {"step": step, "train_loss": f"{np.mean(run_losses):.6g}",
+                row = {"step": step, "train_loss": f"{np.mean(run_losses):.9g}",
                        "lr": f"{scheduler.get_last_lr()[0]:.6g}",
                        "seconds": f"{time.perf_counter() - t_start:.1f}"}
                 run_losses = []
             if is_main and (step % r["val_every"] == 0 or step == r["steps"]):
                 res = _validate(model, val, cfg, device, amp_dtype)
-                row.update({k: f"{v:.6g}" for k, v in res.items()})
+                row.update({k: f"{v:.9g}" for k, v in res.items()})
                 if res["val_loss"] < best:
                     best = res["val_loss"]
                     save_checkpoint(out / "best.safetensors", model,

@@ -1,0 +1,239 @@
+"""Training: the loss goes down, checkpoints, exact resume, the CLI, config errors, DDP path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from metaqsm.cli import main  # noqa: E402
+from metaqsm.dl import MesaQSM, MetaQSM, load_model  # noqa: E402
+from metaqsm.dl.train import (DEFAULT_CONFIG, apply_overrides, load_config,  # noqa: E402
+                              masked_l1, regularization, train, validate_config)
+from metaqsm.kernels import forward_field  # noqa: E402
+
+SHAPE = (24, 24, 16)
+GEOMS = [((1.0, 1.0, 1.0), (0.0, 0.0, 1.0)), ((0.6, 0.6, 2.0), (0.0, 0.0, 1.0)),
+         ((0.8, 0.8, 3.0), (0.0, 0.26, 0.966)), ((0.5, 0.7, 1.5), (0.2, 0.0, 0.98))]
+
+
+class PhantomSet:
+    """A small map-style set of phantom patches at several geometries (field by the core)."""
+
+    def __init__(self, n):
+        from metaqsm.simulate.phantoms import brain_phantom
+
+        self.items = []
+        for i in range(n):
+            vsz, b0 = GEOMS[i % len(GEOMS)]
+            ph = brain_phantom(SHAPE, voxel_size=vsz, rng=i, lesions=i % 2 == 0)
+            field = forward_field(ph.chi, voxel_size=vsz, b0_dir=b0) * ph.mask
+            self.items.append({
+                "field": torch.from_numpy(field)[None], "chi": torch.from_numpy(ph.chi)[None],
+                "mask": torch.from_numpy(ph.mask)[None],
+                "voxel_size": torch.tensor(vsz, dtype=torch.float32),
+                "b0_dir": torch.tensor(b0, dtype=torch.float32)})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return PhantomSet(8), PhantomSet(2)
+
+
+def tiny_config(**run):
+    cfg = apply_overrides(DEFAULT_CONFIG, [
+        "model.depth=2", "model.base=4", "model.basis=2", "model.hidden=8",
+        "optim.lr=1e-3", "optim.batch_size=2", "data.val_size=2", "data.patch_shape=[24, 24, 16]",
+        "run.threads=2", "run.progress=false", "run.log_every=1", "run.val_every=3",
+        "run.ckpt_every=2", "run.steps=6"])
+    cfg["run"].update(run)
+    return validate_config(cfg)
+
+
+def read_log(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("cls", [MetaQSM, MesaQSM])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(data, cls):
+    torch.manual_seed(0)
+    ds = data[0]
+    # two geometries, two samples each (runs of equal geometry keep the convolutions batched)
+    batch = {k: torch.stack([ds[i][k] for i in (0, 4, 1, 5)]) for k in ds[0]}
+    model = cls(depth=2, base=4) if cls is MesaQSM else cls(depth=2, base=4, basis=2, hidden=8)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+    losses = []
+    for _ in range(20):
+        pred = model(batch["field"], batch["voxel_size"], batch["b0_dir"])
+        loss = masked_l1(pred * 10, batch["chi"] * 10, batch["mask"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_masked_l1_and_regularization_known_values():
+    a, b = torch.zeros(1, 1, 2, 2, 1), torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2, 1)
+    m = torch.tensor([True, False, False, True]).reshape(1, 1, 2, 2, 1)
+    assert float(masked_l1(a, b)) == pytest.approx(2.5)
+    assert float(masked_l1(a, b, m)) == pytest.approx(2.5)
+    assert float(masked_l1(a, b, ~m)) == pytest.approx(2.5)
+    assert float(masked_l1(a, b, m & (b > 2))) == pytest.approx(4.0)
+    meta = MetaQSM(depth=1, base=2, basis=2, hidden=4).requires_grad_(False)
+    expected = 0.0
+    for mod in meta.modules():
+        if hasattr(mod, "weight_basis"):
+            expected += float(mod.weight_basis.pow(2).sum()) + float(mod.bias_basis.pow(2).sum()) \
+                if mod.bias_basis is not None else float(mod.weight_basis.pow(2).sum())
+            expected += sum(float(l.weight.pow(2).sum()) for l in mod.predictor if hasattr(l, "weight"))
+    assert float(regularization(meta)) == pytest.approx(expected, rel=1e-5)
+    mesa = MesaQSM(depth=1, base=2).requires_grad_(False)
+    expected = sum(float(c.weight.pow(2).sum()) for c in mesa.modules() if isinstance(c, torch.nn.Conv3d))
+    assert float(regularization(mesa)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_writes_run_and_resume_reproduces_the_losses(data, tmp_path):
+    ds, val = data
+    full = train(tiny_config(), out=tmp_path / "a", train_data=ds, val_data=val)
+    assert full["step"] == 6 and not full["stopped"]
+    run = tmp_path / "a"
+    for name in ("config.json", "last.pt", "best.safetensors", "log.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["step"] == 6 and state["positions"] == [12]
+    rows = read_log(run / "log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert all(rows[i]["val_rmse"] for i in (2, 5)) and not rows[0]["val_loss"]
+    best = load_model(run / "best.safetensors")
+    assert isinstance(best, MetaQSM) and best.config["base"] == 4
+
+    part = train(tiny_config(), out=tmp_path / "b", train_data=ds, val_data=val, stop_after=3)
+    assert part["stopped"] and part["step"] == 3
+    with pytest.raises(FileExistsError, match="already holds a training run"):
+        train(tiny_config(), out=tmp_path / "b", train_data=ds, val_data=val)
+    done = train(tiny_config(), out=tmp_path / "b", resume=True, train_data=ds, val_data=val)
+    assert done["step"] == 6
+    resumed = read_log(tmp_path / "b" / "log.csv")
+    assert [int(r["step"]) for r in resumed] == list(range(1, 7))
+    for r1, r2 in zip(rows, resumed):
+        assert float(r2["train_loss"]) == pytest.approx(float(r1["train_loss"]), rel=1e-6, abs=1e-7)
+        if r1["val_loss"]:
+            assert float(r2["val_loss"]) == pytest.approx(float(r1["val_loss"]), rel=1e-6)
+    assert done["best_val_loss"] == pytest.approx(full["best_val_loss"], rel=1e-6)
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(tiny_config(), out=tmp_path / "none", resume=True)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown configuration key 'optim.learning_rate'"):
+        apply_overrides(DEFAULT_CONFIG, ["optim.learning_rate=1"])
+    with pytest.raises(ValueError, match="override must look like key=value"):
+        apply_overrides(DEFAULT_CONFIG, ["lr"])
+    with pytest.raises(ValueError, match="unknown section 'optimiser'"):
+        apply_overrides(DEFAULT_CONFIG, ["optimiser.lr=1"])
+    cfg = apply_overrides(DEFAULT_CONFIG, ["lr=3e-4", "steps=5", 'source="h5"', "data.path=x.h5"])
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["run"]["steps"] == 5 and cfg["data"]["path"] == "x.h5"
+    with pytest.raises(ValueError, match="optim.lr must be a positive number"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ["optim.lr=0"]))
+    with pytest.raises(ValueError, match="data.path must name an HDF5 file"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ['data.source="h5"']))
+    with pytest.raises(ValueError, match="model.name must be one of"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ['model.name="unet"']))
+    with pytest.raises(ValueError, match="run.amp must be one of"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ['run.amp="fp8"']))
+    with pytest.raises(FileNotFoundError, match="configuration file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlr = = 1\n")
+    with pytest.raises(ValueError, match="is not valid TOML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["paper.toml", "cpu.toml", "cpu-mesa-0.5x0.5x2.toml",
+                                  "cpu-mesa-0.7639x0.7639x3.toml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    cfg = load_config(path)
+    assert cfg["optim"]["weight_reg"] == 0.01 and cfg["optim"]["decay_steps"] == 200
+    from metaqsm.simulate.synth import SynthConfig
+    from metaqsm.dl.train import _synth_config
+
+    assert isinstance(_synth_config(cfg), SynthConfig)
+
+
+def test_ddp_world_size_one(data, tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    res = train(tiny_config(steps=2, val_every=2), out=tmp_path / "ddp", train_data=data[0],
+                val_data=data[1])
+    assert res["step"] == 2 and not dist.is_initialized()
+    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["positions"] == [4]
+
+
+def _cli_args(out, *extra):
+    return ["train", "--stream", "--out", str(out), "--no-progress", "model.depth=1",
+            "model.base=4", "model.basis=2", "model.hidden=8", "data.patch_shape=[32, 32, 16]",
+            "data.val_size=1", "optim.batch_size=1", "run.val_every=2", "run.log_every=1",
+            "run.ckpt_every=1", "run.threads=1", *extra]
+
+
+def test_cli_train_stream_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_cli_args(out, "--steps", "2")) == 0
+    assert "done at step 2" in capsys.readouterr().out
+    assert main(_cli_args(out, "--steps", "2")) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"]) == 0
+    rows = read_log(out / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["run"]["steps"] == 3
+    assert main(["train-plot", str(out), "-o", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "nope.h5")]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_sigterm_checkpoints_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "metaqsm.cli", *_cli_args(out, "--steps", "1000")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "last.pt").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "stopped (resume with --resume)" in stdout
+    step = torch.load(out / "last.pt", weights_only=True)["step"]
+    assert 1 <= step < 1000
+    assert main(["train", "--out", str(out), "--resume", "--steps", str(step + 1), "--no-progress"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == step + 1
