@@ -160,11 +160,13 @@ def test_tkd_sign_of_zero_is_positive():
     np.testing.assert_allclose(x, 0.05, rtol=1e-4)
 
 
-def test_tkd_padding_option(case):
+@pytest.mark.parametrize("name,pad", [("tkd", "auto"), ("tikhonov", 8), ("tv", 6),
+                                      ("ilsqr", (4, 4, 6))])
+def test_padding_option(name, pad, case):
     ph, field = case
-    err = rmse(get_method("tkd")(field, ph.mask, voxel_size=ph.voxel_size, pad="auto"),
-               ph.chi, ph.mask)
-    assert err < BOUNDS["tkd"]
+    chi = get_method(name)(field, ph.mask, voxel_size=ph.voxel_size, pad=pad)
+    assert chi.shape == field.shape
+    assert rmse(chi, ph.chi, ph.mask) < BOUNDS[name]
 
 
 # ------------------------------------------------------------------- pieces of the methods
