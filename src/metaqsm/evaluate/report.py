@@ -260,7 +260,8 @@ def build_report(out):
         if g.get("description"):
             doc.p(g["description"])
         if g.get("source"):
-            doc.p("Test set: `" + json.dumps(g["source"], sort_keys=True) + "`")
+            doc.p(("Test set" if man["suite"] not in ("user", "real") else "Inputs")
+                  + ": `" + json.dumps(g["source"], sort_keys=True) + "`")
         total = len(g["cases"])
         header, rows = _metric_table(METRICS, entries, has_truth)
         if rows:
@@ -306,7 +307,9 @@ def build_report(out):
             figures.append(f)
             doc.img(f"figures/{f.name}", f"{g['title']}, case {cid}: the same slices of the local "
                     "field, the truth and every reconstruction (shared grey scale, ppm), and each "
-                    "error map (own symmetric scale).")
+                    "error map (own symmetric scale)." if sl["truth"] is not None else
+                    f"{g['title']}: the same slices of the local field and of every reconstruction "
+                    "(shared grey scale, ppm), as in the Meta-QSM paper's figures 3-6.")
         if has_truth and any(e["n"] for e in entries.values()):
             values = {}
             for s in g["specs"]:

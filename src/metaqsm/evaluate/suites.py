@@ -4,8 +4,7 @@ A :class:`Suite` is a list of :class:`Group` s (one per table of the report); a 
 :class:`Case` s (volumes with a known truth, loaded lazily so a resumed run never builds a volume
 whose results are all on disk) and the :class:`MethodSpec` s compared on them.
 
-The suites reproduce the experiments of the Meta-QSM paper (Zhang et al., SPIE Medical Imaging
-2022, sections 3-4):
+The suites reproduce the experiments of the Meta-QSM paper (sections 3-4):
 
 * ``paper``: Table 1 (test set "paper": TKD with threshold 0.2, iLSQR, MEDI with lambda 1000, TV,
   Meta-QSM) and Tables 2-3 (test sets at 0.5 x 0.5 x 2.0 and 0.7639 x 0.7639 x 3.0 mm: Mesa-QSM at
@@ -17,6 +16,13 @@ The suites reproduce the experiments of the Meta-QSM paper (Zhang et al., SPIE M
 * ``fansi``: the FANSI phantom (0.9375 x 0.9375 x 1.5 mm), its local field simulated with the core's
   forward model plus Gaussian noise.
 * ``quick``: three small phantoms (64 x 64 x 32) for tests and smoke runs (about a minute).
+
+References
+----------
+Meta-QSM: an image-resolution-arbitrary network for QSM reconstruction. Corresponding author
+Kevin M. Koch, Medical College of Wisconsin (SPIE-style proceedings paper).
+Langkammer C, Schweser F, Shmueli K, et al. Quantitative susceptibility mapping: report from the
+2016 reconstruction challenge. Magn Reson Med 2018;79(3):1661-1673.
 """
 
 from __future__ import annotations
