@@ -1,0 +1,230 @@
+"""The pipeline commands: simulate -> run (NIfTI with BIDS sidecars, oblique affine, DICOM),
+stage commands chained, example, and bad input that must leave no output."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from metaqsm.cli import main
+from metaqsm.io import b0_dir_from_affine
+from metaqsm.metrics import nrmse_demeaned
+
+VSZ = (1.5, 1.5, 2.0)
+
+
+def _oblique_affine():
+    a = np.deg2rad(20.0)
+    A = np.eye(4)
+    A[:3, :3] = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]]) @ np.diag(VSZ)
+    A[:3, 3] = (-30.0, -30.0, -32.0)
+    return A
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory):
+    """A simulated acquisition on disk, through `metaqsm simulate`, with an oblique affine."""
+    from metaqsm.simulate.phantoms import brain_phantom
+
+    root = tmp_path_factory.mktemp("cli")
+    ph = brain_phantom((40, 40, 32), voxel_size=VSZ, rng=0)
+    affine = _oblique_affine()
+    nib.save(nib.Nifti1Image(ph.chi, affine), str(root / "chi.nii.gz"))
+    nib.save(nib.Nifti1Image(ph.mask.astype(np.uint8), affine), str(root / "mask.nii.gz"))
+    rc = main(["simulate", str(root / "chi.nii.gz"), "--mask", str(root / "mask.nii.gz"),
+               "-o", str(root / "sim"), "--subject", "02", "--snr", "200"])
+    assert rc == 0
+    return root
+
+
+def _sim(root, key):
+    names = {"mag": "sub-02_part-mag_MEGRE", "phase": "sub-02_part-phase_MEGRE",
+             "chi": "sub-02_desc-truth_Chimap", "local": "sub-02_desc-truth_localfield",
+             "mask": "sub-02_desc-truth_mask"}
+    return root / "sim" / f"{names[key]}.nii.gz"
+
+
+def test_simulate_writes_bids_like_files(sim_dir):
+    side = json.loads((sim_dir / "sim" / "sub-02_part-phase_MEGRE.json").read_text())
+    assert side["EchoTime"] == pytest.approx([0.0104, 0.0174, 0.0244, 0.0314])
+    assert side["MagneticFieldStrength"] == 3.0
+    assert side["Units"] == "rad"
+    img = nib.load(str(_sim(sim_dir, "phase")))
+    assert img.shape == (40, 40, 32, 4)
+    np.testing.assert_allclose(img.affine, _oblique_affine(), atol=1e-5)
+    ph = np.asarray(img.dataobj)
+    assert ph.min() >= -np.pi - 1e-6 and ph.max() <= np.pi + 1e-6
+    np.testing.assert_allclose(side["B0Direction"], b0_dir_from_affine(_oblique_affine()), atol=1e-6)
+    for key in ("chi", "local", "mask", "mag"):
+        assert _sim(sim_dir, key).exists()
+
+
+def test_run_from_sidecars_with_oblique_affine(sim_dir, capsys):
+    out = sim_dir / "out"
+    rc = main(["run", "--magnitude", str(_sim(sim_dir, "mag")), "--phase", str(_sim(sim_dir, "phase")),
+               "--mask", str(_sim(sim_dir, "mask")), "-o", str(out), "--method", "tkd", "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "sub-02_Chimap.nii.gz" in text and "sub-02_Chimap.png" in text  # subject from the input name
+    side = json.loads((out / "sub-02_Chimap.json").read_text())
+    assert side["Inputs"]["EchoTimeSource"] == "JSON sidecar"
+    assert side["Inputs"]["MagneticFieldStrengthSource"] == "JSON sidecar"
+    np.testing.assert_allclose(side["B0Direction"], b0_dir_from_affine(_oblique_affine()), atol=1e-6)
+    chi = nib.load(str(out / "sub-02_Chimap.nii.gz"))
+    np.testing.assert_allclose(chi.affine, _oblique_affine(), atol=1e-5)
+    local = np.asarray(nib.load(str(out / "sub-02_localfield.nii.gz")).dataobj)
+    er = np.asarray(nib.load(str(out / "sub-02_desc-eroded_mask.nii.gz")).dataobj) > 0
+    truth = np.asarray(nib.load(str(_sim(sim_dir, "local"))).dataobj)
+    err = nrmse_demeaned(local, truth, er)
+    print(f"\nCLI run, oblique affine: local field NRMSE {err:.1f} %")
+    assert err < 60.0
+    # again: refused without --force, accepted with it
+    args = ["run", "--magnitude", str(_sim(sim_dir, "mag")), "--phase", str(_sim(sim_dir, "phase")),
+            "--mask", str(_sim(sim_dir, "mask")), "-o", str(out), "--method", "tkd", "--quiet",
+            "--no-figure"]
+    assert main(args) == 2
+    assert "exists; use --force" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0
+
+
+def _no_files(path):
+    return not path.exists() or not any(p.is_file() for p in path.rglob("*"))
+
+
+def test_bad_input_leaves_no_output(sim_dir, tmp_path, capsys):
+    mag, phase = str(_sim(sim_dir, "mag")), str(_sim(sim_dir, "phase"))
+    img = nib.load(phase)
+    data = np.asarray(img.dataobj)
+    # phase in scanner units, no sidecar
+    scaled = tmp_path / "phase_scanner.nii.gz"
+    nib.save(nib.Nifti1Image(np.round(data * 4096 / np.pi).astype(np.float32), img.affine), str(scaled))
+    bare_mag = tmp_path / "mag_no_sidecar.nii.gz"
+    nib.save(nib.load(mag), str(bare_mag))
+    # magnitude of another shape
+    small = tmp_path / "small_mag.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 16, 4), np.float32), img.affine), str(small))
+    tes = ["--echo-times", "0.0104", "0.0174", "0.0244", "0.0314"]
+    cases = [
+        (["--magnitude", str(small), "--phase", phase], "magnitude and phase must have the same shape"),
+        (["--magnitude", mag, "--phase", phase, "--echo-times", "0.01", "0.02", "0.03"],
+         "echo_times has 3 values but the phase has 4 echoes"),
+        (["--magnitude", mag, "--phase", str(scaled), "--field-strength", "3"] + tes,
+         "radians.*Siemens scanner units"),
+        (["--magnitude", str(bare_mag), "--phase", str(scaled)] + tes, "field strength is missing"),
+        (["--magnitude", mag, "--phase", phase, "--field-strength", "3", "--echo-times", "10.4",
+          "17.4", "24.4", "31.4"], "milliseconds"),
+        (["--magnitude", mag, "--phase", phase, "--bgremove", "nope"], "method must be one of"),
+        (["--magnitude", mag, "--phase", phase, "--bgremove-option", "radius"], "KEY=VALUE"),
+        (["--magnitude", mag], "give --magnitude and --phase"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        rc = main(["run", *args, "-o", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2, (args, err)
+        assert "metaqsm run: error:" in err
+        import re
+
+        assert re.search(message, err), (message, err)
+        assert _no_files(out), list(out.rglob("*"))
+    # the same scanner-unit phase is accepted with --phase-units auto
+    out = tmp_path / "auto"
+    rc = main(["run", "--magnitude", mag, "--phase", str(scaled), "--field-strength", "3", *tes,
+               "--phase-units", "auto", "--mask", str(_sim(sim_dir, "mask")), "--method", "tkd",
+               "-o", str(out), "--quiet", "--no-figure"])
+    assert rc == 0
+    side = json.loads((out / "sub-01_Chimap.json").read_text())
+    assert side["Inputs"]["PhaseScale"] == pytest.approx(np.pi / np.abs(np.round(data * 4096 / np.pi)).max())
+
+
+def test_stage_commands_chain_like_run(sim_dir, tmp_path):
+    mag, phase, mask = (str(_sim(sim_dir, k)) for k in ("mag", "phase", "mask"))
+    t = tmp_path
+    assert main(["mask", mag, "-o", str(t / "auto_mask.nii.gz")]) == 0
+    auto = np.asarray(nib.load(str(t / "auto_mask.nii.gz")).dataobj) > 0
+    truth = np.asarray(nib.load(mask).dataobj) > 0
+    assert 2 * (auto & truth).sum() / (auto.sum() + truth.sum()) > 0.85
+    assert main(["fit-echoes", "--magnitude", mag, "--phase", phase, "--mask", mask,
+                 "-o", str(t / "field.nii.gz"), "--noise-output", str(t / "noise.nii.gz")]) == 0
+    assert json.loads((t / "field.json").read_text())["Units"] == "ppm"
+    assert main(["bgremove", str(t / "field.nii.gz"), "--mask", mask, "-o", str(t / "local.nii.gz"),
+                 "--mask-output", str(t / "eroded.nii.gz"), "--option", "radius=6"]) == 0
+    assert main(["invert", str(t / "local.nii.gz"), "--mask", str(t / "eroded.nii.gz"),
+                 "--method", "tkd", "-o", str(t / "chi.nii.gz")]) == 0
+    # the chain gives what `run` gives with the same mask
+    local_chain = np.asarray(nib.load(str(t / "local.nii.gz")).dataobj)
+    local_run = np.asarray(nib.load(str(sim_dir / "out" / "sub-02_localfield.nii.gz")).dataobj)
+    np.testing.assert_allclose(local_chain, local_run, atol=1e-5)
+    chi_chain = np.asarray(nib.load(str(t / "chi.nii.gz")).dataobj)
+    chi_run = np.asarray(nib.load(str(sim_dir / "out" / "sub-02_Chimap.nii.gz")).dataobj)
+    np.testing.assert_allclose(chi_chain, chi_run, atol=1e-5)
+    # unwrap: the first echo unwrapped differs from the wrapped one by multiples of 2 pi
+    assert main(["unwrap", phase, "--magnitude", mag, "--mask", mask, "-o", str(t / "uw.nii.gz")]) == 0
+    uw = np.asarray(nib.load(str(t / "uw.nii.gz")).dataobj)
+    wrapped = np.asarray(nib.load(phase).dataobj)
+    k = (uw - wrapped)[truth] / (2 * np.pi)
+    assert np.max(np.abs(k - np.round(k))) < 1e-3
+    # an existing stage output is refused before any work
+    assert main(["mask", mag, "-o", str(t / "auto_mask.nii.gz")]) == 2
+
+
+def test_run_from_dicom(tmp_path, capsys):
+    """A GE-style real/imaginary DICOM series of a simulated acquisition -> `metaqsm run`."""
+    from test_dicom import _write
+
+    from metaqsm.simulate import simulate_acquisition
+    from metaqsm.simulate.phantoms import brain_phantom
+
+    ph = brain_phantom((32, 32, 24), voxel_size=(2.0, 2.0, 2.0), rng=0)
+    acq = simulate_acquisition(ph.chi, ph.mask, voxel_size=(2.0, 2.0, 2.0), snr=200)
+    z = acq.magnitude * np.exp(1j * acq.phase) * 3000.0
+
+    def write_series(folder, uid, number):
+        folder.mkdir(parents=True, exist_ok=True)
+        for e, te in enumerate(acq.echo_times):
+            for k in range(z.shape[2]):
+                for part, value in ((2, z.real), (3, z.imag)):
+                    _write(folder / f"s{number}_{e}_{k}_{part}.dcm", np.round(value[:, :, k, e]).T,
+                           series_uid=uid, series_number=number, manufacturer="GE MEDICAL SYSTEMS",
+                           image_type=["ORIGINAL", "PRIMARY", "OTHER"], te_ms=te * 1000, echo=e + 1,
+                           k=k, frame_uid="1.9", oblique=False, signed=True, private=part,
+                           description="SWAN")
+
+    # _write's geometry has PixelSpacing (0.8, 0.9) and 2 mm slices; the pipeline reads them
+    dcm = tmp_path / "dicom"
+    write_series(dcm, "1.2.840.1", 3)
+    out = tmp_path / "out"
+    assert main(["run", "--dicom", str(dcm), "--method", "tkd", "-o", str(out), "--quiet",
+                 "--no-figure", "--bgremove-option", "radius=3"]) == 0
+    side = json.loads((out / "sub-01_Chimap.json").read_text())
+    assert side["MagneticFieldStrength"] == 3.0
+    assert side["EchoTime"] == pytest.approx(list(acq.echo_times), abs=1e-6)
+    assert side["VoxelSize"] == pytest.approx([0.9, 0.8, 2.0])
+    field = np.asarray(nib.load(str(out / "sub-01_fieldmap.nii.gz")).dataobj)
+    m = np.asarray(nib.load(str(out / "sub-01_mask.nii.gz")).dataobj) > 0
+    d = (field - acq.total_field)[m & ph.mask]
+    assert np.std(d) < 0.05 * np.std(acq.total_field[m & ph.mask])
+    # a second series in the folder: a clear error and no output
+    write_series(dcm, "1.2.840.2", 4)
+    out2 = tmp_path / "out2"
+    rc = main(["run", "--dicom", str(dcm), "-o", str(out2), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds 2 series" in err and "--series" in err
+    assert _no_files(out2)
+    assert main(["run", "--dicom", str(dcm), "--series", "4", "--method", "tkd", "-o", str(out2),
+                 "--quiet", "--no-figure", "--bgremove-option", "radius=3"]) == 0
+
+
+def test_example_command(tmp_path, capsys):
+    out = tmp_path / "example"
+    rc = main(["example", "-o", str(out), "--shape", "48", "48", "32", "--voxel-size", "2", "2", "3",
+               "--method", "tkd", "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "sub-01_Chimap.nii.gz" in text and "sub-01_Chimap.png" in text and "NRMSE" in text
+    assert (out / "sub-01_Chimap.png").stat().st_size > 10_000
+    assert (out / "sim" / "sub-01_part-phase_MEGRE.nii.gz").exists()
+    assert main(["example", "-o", str(out), "--shape", "48", "48", "32", "--quiet"]) == 2
