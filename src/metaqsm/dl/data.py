@@ -66,8 +66,8 @@ class SyntheticStream(IterableDataset):
     -----
     With several DataLoader workers, worker ``w`` of ``k`` yields indices ``start + w + j k``,
     so the samples are disjoint; their order in the batches interleaves the workers (the
-    DataLoader takes one batch from each worker in turn). Each worker process loads the MNI maps
-    once (about 2 s).
+    DataLoader takes one batch from each worker in turn). The MNI maps are loaded when the stream
+    is made (about 2 s), so forked workers inherit them.
 
     Examples
     --------
@@ -93,6 +93,11 @@ class SyntheticStream(IterableDataset):
             raise ValueError(f"seed must be in [0, {TRAIN_SEED_LIMIT}), got {seed!r}")
         self.start = int(start)
         self.length = None if length is None else int(length)
+        if self.config.anatomy_weight > 0:
+            # load the MNI maps here, once: DataLoader workers forked later inherit them
+            from ..simulate.anatomy import mni_maps
+
+            mni_maps()
 
     def __len__(self):
         if self.length is None:
