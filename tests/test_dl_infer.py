@@ -13,6 +13,16 @@ from metaqsm.dl.infer import (invert_meta, invert_mesa, refine_data_consistency,
 from metaqsm.dl.registry import save_checkpoint  # noqa: E402
 from metaqsm.kernels import DipoleOperator, forward_field  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster, and much faster on a shared, busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 VSZ = (1.0, 1.0, 1.5)
 
 

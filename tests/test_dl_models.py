@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,6 +12,16 @@ from metaqsm.dl import MesaQSM, MetaQSM, WPConv3d, load_model  # noqa: E402
 from metaqsm.dl.registry import (MODELS, build_model, load_checkpoint,  # noqa: E402
                                  read_checkpoint_info, save_checkpoint, shipped_path)
 from metaqsm.dl.unet import count_parameters  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster, and much faster on a shared, busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 TINY = dict(depth=2, base=4)
 
