@@ -8,7 +8,7 @@ import numpy as np
 
 from .._validate import as_mask, as_volume, as_voxel_size
 from ..units import GAMMA_RAD_PER_S_PER_T, _check_b0
-from ._unwrap import TWO_PI, _wrap, unwrap_laplacian, unwrap_romeo
+from ._unwrap import _wrap, temporal_consistency, unwrap_laplacian, unwrap_romeo
 
 
 @dataclass
@@ -290,17 +290,7 @@ def _unwrap_echoes(ph, mag, mask, unwrap, vsz, tes):
     if unwrap == "romeo":
         return unwrap_romeo(ph, magnitude=mag, mask=mask, echo_times=tes,
                             individual=True).astype(np.float64)
-    from scipy import ndimage as ndi
-
-    labels, ncomp = ndi.label(mask)
     out = np.empty(ph.shape)
     for e in range(ph.shape[-1]):
         out[..., e] = _spatial_unwrap(ph[..., e], mag[..., e], mask, unwrap, vsz)
-        if e:
-            pred = out[..., e - 1] + _wrap(ph[..., e] - ph[..., e - 1])
-            diff = (pred - out[..., e])[mask] / TWO_PI
-            k = np.rint(np.asarray(ndi.median(diff, labels=labels[mask], index=np.arange(1, ncomp + 1))))
-            shift = np.zeros(ncomp + 1)
-            shift[1:] = k
-            out[..., e] += TWO_PI * shift[labels]
-    return out
+    return temporal_consistency(out, ph, mask)

@@ -282,12 +282,36 @@ def _mst_unwrap(phase, mask, weights):
         if np.array_equal(nxt, anc):
             break
         anc = nxt
-    # each component's median unwrapped phase into [-pi, pi): a deterministic global offset
+    # each component's mean unwrapped phase into [-pi, pi]: a deterministic global offset
     u = flat + TWO_PI * jump
-    med = ndi.median(u, labels=labels, index=np.arange(ncomp))
-    jump -= np.rint(np.asarray(med) / TWO_PI).astype(np.int64)[labels]
+    mean = np.bincount(labels, weights=u, minlength=ncomp) / np.bincount(labels, minlength=ncomp)
+    jump -= np.rint(mean / TWO_PI).astype(np.int64)[labels]
     K[mask] = jump
     return K
+
+
+def _component_mode(values, labels, ncomp):
+    """Most frequent integer of ``rint(values)`` in each component (labels 1..ncomp)."""
+    k = np.clip(np.rint(values), -1000, 1000).astype(np.int64)
+    lo = int(k.min())
+    width = int(k.max()) - lo + 1
+    counts = np.bincount(labels * width + (k - lo), minlength=(ncomp + 1) * width)
+    return counts.reshape(ncomp + 1, width).argmax(1)[1:] + lo
+
+
+def temporal_consistency(unwrapped, phase, mask):
+    """Shift each echo (after the first), per connected component of ``mask``, by the multiple
+    of 2 pi that agrees best (most voxels) with the previous echo unwrapped temporally,
+    ``u_{e-1} + wrap(phi_e - phi_{e-1})``; insensitive to a phase offset. In place."""
+    labels, ncomp = ndi.label(mask)
+    lab = labels[mask]
+    for e in range(1, phase.shape[-1]):
+        pred = unwrapped[..., e - 1] + _wrap(phase[..., e] - phase[..., e - 1])
+        k = _component_mode((pred - unwrapped[..., e])[mask] / TWO_PI, lab, ncomp)
+        shift = np.zeros(ncomp + 1)
+        shift[1:] = k
+        unwrapped[..., e] += TWO_PI * shift[labels]
+    return unwrapped
 
 
 def _check_phase_mag(phase, magnitude, mask, name="phase"):
@@ -312,7 +336,7 @@ def unwrap_romeo(phase, *, magnitude=None, mask=None, echo_times=None, individua
     ROMEO's region growing (always along the best edge to a new voxel) visits the voxels. Every
     voxel is moved by an exact multiple of 2 pi, so ``output - phase`` is a multiple of 2 pi
     everywhere (up to float32 rounding). Each connected component of the mask is unwrapped on
-    its own and shifted by a multiple of 2 pi that puts its median in [-pi, pi).
+    its own and shifted by the multiple of 2 pi that puts its mean in [-pi, pi].
 
     Parameters
     ----------
@@ -371,17 +395,9 @@ def unwrap_romeo(phase, *, magnitude=None, mask=None, echo_times=None, individua
 
     out = np.empty(phase.shape, np.float64)
     if individual:
-        labels, ncomp = ndi.label(m)
         for e in range(n_echo):
             out[..., e] = spatial(e)
-            if e == 0:
-                continue
-            pred = out[..., e - 1] + _wrap(phase[..., e] - phase[..., e - 1])
-            diff = (pred - out[..., e])[m] / TWO_PI
-            k = np.rint(np.asarray(ndi.median(diff, labels=labels[m], index=np.arange(1, ncomp + 1))))
-            shift = np.zeros(ncomp + 1)
-            shift[1:] = k
-            out[..., e] += TWO_PI * shift[labels]
+        temporal_consistency(out, phase, m)
     else:
         if tes is None:
             raise ValueError("echo_times are required for the template mode (individual=False)")
