@@ -15,7 +15,7 @@ import pytest
 from metaqsm.cli import main
 from metaqsm.evaluate import build_suite, naive_interpolation, run_suite, user_suite
 from metaqsm.evaluate.figures import case_slices
-from metaqsm.evaluate.suites import QUICK_METHODS, slug
+from metaqsm.evaluate.suites import slug
 from metaqsm.io import load_nifti, save_nifti
 from metaqsm.metrics import compute_metrics
 
@@ -78,22 +78,23 @@ def test_table_numbers_equal_metrics_recomputed_from_volumes(quick):
             assert float(r[k]) == pytest.approx(m[k], rel=1e-9, abs=1e-12), (r["label"], k)
         recomputed.setdefault(r["label"], []).append(m)
     summary = json.loads((out / "summary.json").read_text())["groups"]["quick"]
-    md = (out / "report.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| RMSE (%)")][0]
-    header = [line for line in md.splitlines() if line.startswith("|  | ")][0]
-    columns = [c.strip() for c in header.strip("|").split("|")][1:]
-    cells = [c.strip() for c in table.strip("|").split("|")][1:]
-    means = {}
-    for label, ms in recomputed.items():
-        vals = np.array([m["rmse"] for m in ms])
-        assert summary[label]["rmse"]["mean"] == pytest.approx(vals.mean(), rel=1e-9)
-        assert summary[label]["rmse"]["sd"] == pytest.approx(vals.std(ddof=1), rel=1e-9)
-        col = next(i for i, c in enumerate(columns) if c.startswith(f"{label} (n="))
-        assert cells[col].strip("*") == f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}"
-        means[label] = vals.mean()
-    best = min(means, key=means.get)
-    bold = [columns[i].split(" (n=")[0] for i, c in enumerate(cells) if c.startswith("**")]
-    assert bold == [best]
+    lines = (out / "report.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("|  | "))
+    columns = [c.strip().split(" (n=")[0] for c in header.strip("|").split("|")][1:]
+    for key, row, digits, lower in (("rmse", "| RMSE (%)", 2, True), ("hfen", "| HFEN (%)", 2, True),
+                                    ("ssim", "| SSIM (0-1)", 4, False)):
+        cells = [c.strip() for c in next(x for x in lines if x.startswith(row)).strip("|").split("|")][1:]
+        shown = {}
+        for label, ms in recomputed.items():
+            vals = np.array([m[key] for m in ms])
+            assert summary[label][key]["mean"] == pytest.approx(vals.mean(), rel=1e-9)
+            assert summary[label][key]["sd"] == pytest.approx(vals.std(ddof=1), rel=1e-9)
+            cell = cells[columns.index(label)]
+            assert cell.strip("*") == f"{vals.mean():.{digits}f} ± {vals.std(ddof=1):.{digits}f}"
+            shown[label] = vals.mean()
+        best = f"{(min if lower else max)(shown.values()):.{digits}f}"
+        bold = {columns[i] for i, c in enumerate(cells) if c.startswith("**")}
+        assert bold == {lab for lab, v in shown.items() if f"{v:.{digits}f}" == best}, key
 
 
 def test_resume_skips_done_work_and_completes_a_partial_run(quick, tmp_path):

@@ -112,7 +112,8 @@ def _masked(sl, mask_sl):
 
 
 def _sym_window(arrays, pct=99.5):
-    vals = np.concatenate([np.abs(a[np.isfinite(a)]).ravel() for a in arrays if a is not None] or [np.zeros(1)])
+    parts = [np.abs(a[np.isfinite(a)]).ravel() for a in arrays if a is not None]
+    vals = np.concatenate(parts or [np.zeros(1)])
     v = float(np.percentile(vals, pct)) if vals.size else 0.0
     return v if v > 0 else 1e-3
 
@@ -271,8 +272,8 @@ def box_plot(path, values, *, metrics, title="", dpi=110):
     """
     plt = _plt()
     labels = list(values)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.2, 0.75 * len(labels) + 1.2) * len(metrics), 3.6),
-                             squeeze=False)
+    width = max(3.2, 0.75 * len(labels) + 1.2)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3.6), squeeze=False)
     for ax, (key, name) in zip(axes[0], metrics):
         data = [np.asarray(values[m].get(key, []), float) for m in labels]
         ax.boxplot([d if d.size else [np.nan] for d in data], showmeans=True)

@@ -489,7 +489,7 @@ def _quick_suite(methods, n):
             i, QUICK_SHAPE, v, t, QUICK_NOISE_PPM, QUICK_SEED)),
             info={"voxel_size": list(vsz), "tilt_deg": tilt}))
     group = Group(
-        name="quick", title=f"Quick: brain phantoms of {QUICK_SHAPE[0]} x {QUICK_SHAPE[1]} x {QUICK_SHAPE[2]}",
+        name="quick", title=f"Quick: brain phantoms of {' x '.join(map(str, QUICK_SHAPE))}",
         cases=cases, specs=_free_specs(methods, QUICK_METHODS), figure_cases=1,
         description=("metaqsm.simulate.phantoms.brain_phantom at "
                      + ", ".join(f"{_fmt_vsz(v)} mm (tilt {t:g} deg)" for v, t in QUICK_CASES[:count])
@@ -561,7 +561,8 @@ def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=Non
         if m.data.shape != f.data.shape:
             raise ValueError(f"--mask must have the shape of --field {f.data.shape}, got {m.data.shape}")
         out = {"field": f.data, "mask": m.data > 0, "affine": f.affine,
-               "voxel_size": f.voxel_size if voxel_size is None else as_voxel_size(voxel_size, "--voxel-size"),
+               "voxel_size": (f.voxel_size if voxel_size is None
+                              else as_voxel_size(voxel_size, "--voxel-size")),
                "b0_dir": f.b0_dir if b0_dir is None else as_b0_dir(b0_dir, "--b0-dir")}
         if reference_path is not None:
             r = load_nifti(reference_path, name="--reference", ndim=3)
