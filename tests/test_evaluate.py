@@ -372,3 +372,39 @@ def test_sweeps_tilt_the_same_scene_and_plot(tmp_path, monkeypatch):
     assert (figs / "sweep_b0_tilt_degrees_rmse.png").is_file()
     rows = [line for line in md.splitlines() if re.match(r"\| (0|15|30) \|", line)]
     assert len(rows) == 9  # RMSE, HFEN and SSIM tables, 3 tilts each
+
+
+def test_paper_design_with_real_checkpoints(tmp_path, monkeypatch, capsys):
+    """--weights evaluates trained checkpoints (here tiny untrained ones) through the real
+    invert_meta / invert_mesa, before any model is shipped."""
+    import torch
+    from metaqsm.dl import MesaQSM, MetaQSM, save_checkpoint
+    from metaqsm.evaluate import suites
+
+    torch.manual_seed(0)
+    ck = {"meta": save_checkpoint(tmp_path / "meta.safetensors",
+                                  MetaQSM(depth=2, base=4, basis=2, hidden=8).eval())}
+    for key, vsz in suites.MESA_RESOLUTIONS.items():
+        ck[f"mesa-{key}"] = save_checkpoint(tmp_path / f"mesa-{key}.safetensors",
+                                            MesaQSM(depth=2, base=4).eval(),
+                                            extra={"voxel_size": list(vsz)})
+    vsz = {"paper": (1.0, 1.0, 2.0), "res_0.5x0.5x2": (0.5, 0.5, 2.0),
+           "res_0.7639x0.7639x3": (0.7639, 0.7639, 3.0)}
+    monkeypatch.setattr(suites, "_testset_case", lambda name, i: suites._phantom_case(
+        i, (40, 40, 20), vsz[name], 0.0, 0.002, 0))
+    out = tmp_path / "p"
+    rc = main(["evaluate", "--suite", "paper", "--methods", "meta", "mesa", "--n", "1",
+               "--weights", *(f"{k}={v}" for k, v in ck.items()), "-o", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    recs = [json.loads(q.read_text()) for q in (out / "results").glob("*/*/*.json")]
+    assert len(recs) == 1 + 4 + 4  # Table 1: Meta (no Mesa model at 1 x 1 x 2 mm); Tables 2-3
+    status = json.loads((out / "status.json").read_text())
+    assert "no shipped Mesa-QSM model" in status["unavailable"]["Mesa-QSM"]
+    interp = next(r for r in recs if r["label"] == "Mesa-QSM (0.5x0.5x2, interpolated)")
+    assert interp["params"]["weights"] == str(ck["mesa-0.5x0.5x2"])
+    assert all(np.isfinite(r["metrics"]["rmse"]) for r in recs)
+    assert main(["evaluate", "--suite", "quick", "--weights", "meta", "-o", str(tmp_path / "x")]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+    assert main(["evaluate", "--suite", "quick", "--weights", f"meso={ck['meta']}",
+                 "-o", str(tmp_path / "x")]) == 2
+    assert "--weights names must be among" in capsys.readouterr().err

@@ -47,6 +47,9 @@ def register(subparsers):
                    "skipping what is done")
     p.add_argument("--save-volumes", action="store_true", default=None,
                    help="write every reconstruction as NIfTI (default: on for quick and user cases)")
+    p.add_argument("--weights", nargs="+", metavar="NAME=PATH", default=None,
+                   help="checkpoints to evaluate instead of the shipped models; NAME is meta, "
+                        "mesa-0.5x0.5x2, mesa-0.7639x0.7639x3 (Tables 2-3) or mesa")
     p.add_argument("--device", default="cpu", help="torch device of the network methods")
     p.add_argument("--fansi-dir", default=None, help="folder of the FANSI phantom "
                    "(default ../shared/data/fansi-phantom)")
@@ -61,11 +64,18 @@ def handler(args):
 
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    weights = {}
+    for item in args.weights or ():
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--weights takes NAME=PATH items, got {item!r}")
+        weights[name] = path
     if args.suite is not None:
         for flag in ("reference", "mask", "magnitude", "voxel_size", "b0_dir"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} belongs to --field/--real, not --suite")
-        suite = build_suite(args.suite, methods=args.methods, n=args.n, fansi_dir=args.fansi_dir)
+        suite = build_suite(args.suite, methods=args.methods, n=args.n, fansi_dir=args.fansi_dir,
+                            weights=weights)
     else:
         if args.real is not None:
             if args.reference is not None:
@@ -79,7 +89,7 @@ def handler(args):
                 raise ValueError("--field needs --mask")
             field, mask, mag, noise = args.field, args.mask, args.magnitude, None
         suite = user_suite(field, mask, reference_path=args.reference, magnitude_path=mag,
-                           noise_path=noise,
+                           noise_path=noise, weights=weights,
                            methods=args.methods, voxel_size=args.voxel_size, b0_dir=args.b0_dir)
     save = True if args.save_volumes else (None if args.field is None and args.real is None else True)
     command = _command(args)
@@ -114,6 +124,8 @@ def _command(args):
     for flag in ("voxel_size", "b0_dir"):
         if getattr(args, flag) is not None:
             parts += [f"--{flag.replace('_', '-')}", *(f"{v:g}" for v in getattr(args, flag))]
+    if args.weights:
+        parts += ["--weights", *args.weights]
     if args.device != "cpu":
         parts += ["--device", args.device]
     parts += ["-o", str(args.output)]

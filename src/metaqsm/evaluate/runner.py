@@ -187,6 +187,8 @@ def probe(spec):
         weights = spec.params.get("weights")
         if isinstance(weights, str) and weights in SHIPPED:
             shipped_path(weights)
+        elif weights is not None and not Path(weights).is_file():
+            raise FileNotFoundError(f"weights {weights} do not exist")
         elif weights is None and spec.method in SHIPPED:
             shipped_path(spec.method)
 

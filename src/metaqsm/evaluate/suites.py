@@ -501,7 +501,55 @@ def _quick_suite(methods, n):
                  description="A smoke test of the evaluation: three small phantoms.")
 
 
-def build_suite(name, *, methods=None, n=None, fansi_dir=None):
+WEIGHT_NAMES = ("meta", "mesa", *(f"mesa-{k}" for k in MESA_RESOLUTIONS))
+
+
+def check_weights(weights):
+    """Validate a ``{name: checkpoint path}`` map of network weights to evaluate.
+
+    Names: "meta" (Meta-QSM everywhere), "mesa-0.5x0.5x2" and "mesa-0.7639x0.7639x3" (the two Mesa
+    models of Tables 2-3, in place of the shipped ones), "mesa" (Mesa-QSM where a table asks for
+    the plain method). Raises ``ValueError`` for an unknown name and ``FileNotFoundError`` for a
+    missing file.
+    """
+    if not weights:
+        return {}
+    out = {}
+    for key, path in dict(weights).items():
+        if key not in WEIGHT_NAMES:
+            raise ValueError(f"--weights names must be among {', '.join(WEIGHT_NAMES)}, got {key!r}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--weights {key}: no such file: {path}")
+        out[key] = str(path)
+    return out
+
+
+def apply_weights(suite, weights):
+    """Point the suite's network columns at the given checkpoints (see :func:`check_weights`)."""
+    import dataclasses
+
+    weights = check_weights(weights)
+    if not weights:
+        return suite
+    for g in suite.groups:
+        specs = []
+        for spec in g.specs:
+            w = spec.params.get("weights")
+            new = None
+            if spec.method == "meta" and "meta" in weights:
+                new = weights["meta"]
+            elif spec.method == "mesa" and w in weights:
+                new = weights[w]
+            elif spec.method == "mesa" and w is None and "mesa" in weights:
+                new = weights["mesa"]
+            if new is not None:
+                spec = dataclasses.replace(spec, params={**spec.params, "weights": new})
+            specs.append(spec)
+        g.specs = specs
+    return suite
+
+
+def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None):
     """Build a named suite.
 
     Parameters
@@ -514,6 +562,9 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None):
         At most this many volumes per test set.
     fansi_dir : path, optional
         Folder of the FANSI phantom (default ``../shared/data/fansi-phantom``).
+    weights : dict, optional
+        Checkpoints to evaluate instead of the shipped models, ``{"meta": path,
+        "mesa-0.5x0.5x2": path, "mesa-0.7639x0.7639x3": path, "mesa": path}`` (any subset).
 
     Returns
     -------
@@ -525,23 +576,26 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None):
         Unknown suite or method, or ``n`` < 1.
     """
     methods = check_methods(methods)
+    weights = check_weights(weights)
     if n is not None:
         as_int(n, "--n", minimum=1)
     if name == "quick":
-        return _quick_suite(methods, n)
-    if name == "paper":
-        return _paper_suite(methods, n)
-    if name == "resolution":
-        return _resolution_suite(methods, n)
-    if name == "orientation":
-        return _orientation_suite(methods, n)
-    if name == "fansi":
-        return _fansi_suite(methods, n, fansi_dir)
-    raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {name!r}")
+        suite = _quick_suite(methods, n)
+    elif name == "paper":
+        suite = _paper_suite(methods, n)
+    elif name == "resolution":
+        suite = _resolution_suite(methods, n)
+    elif name == "orientation":
+        suite = _orientation_suite(methods, n)
+    elif name == "fansi":
+        suite = _fansi_suite(methods, n, fansi_dir)
+    else:
+        raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {name!r}")
+    return apply_weights(suite, weights)
 
 
 def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=None, noise_path=None,
-               methods=None, voxel_size=None, b0_dir=None):
+               methods=None, voxel_size=None, b0_dir=None, weights=None):
     """A one-case suite from a user's files (with a reference: metrics; without: real data).
 
     Paths are checked here, before any work starts.
@@ -549,6 +603,7 @@ def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=Non
     from ..io import load_nifti
 
     methods = check_methods(methods) or USER_METHODS
+    weights = check_weights(weights)
     paths = {"--field": field_path, "--mask": mask_path, "--reference": reference_path,
              "--magnitude": magnitude_path, "noise map": noise_path}
     for flag, p in paths.items():
@@ -598,10 +653,13 @@ def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=Non
                           "reference": None if reference_path is None else str(reference_path),
                           "magnitude": None if magnitude_path is None else str(magnitude_path),
                           "noise": None if noise_path is None else str(noise_path)})
-    return Suite(name="user" if has_truth else "real", title="User case" if has_truth else "Real data",
-                 groups=[group], has_truth=has_truth,
-                 description="A case brought by the user." if has_truth else
-                 "Real data without a ground truth: reconstructions side by side (paper figures 3-6).")
+    suite = Suite(name="user" if has_truth else "real",
+                  title="User case" if has_truth else "Real data", groups=[group],
+                  has_truth=has_truth,
+                  description="A case brought by the user." if has_truth else
+                  "Real data without a ground truth: reconstructions side by side (paper figures "
+                  "3-6).")
+    return apply_weights(suite, weights)
 
 
 def find_real_inputs(directory):
