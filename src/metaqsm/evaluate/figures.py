@@ -304,12 +304,14 @@ def sweep_plot(path, points, series, *, xlabel, ylabel="RMSE (%)", title="", cat
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     xs = np.arange(len(points), dtype=float) if categorical else np.array([p[0] for p in points], float)
-    for label, vals in series.items():
+    span = float(np.ptp(xs)) if len(xs) > 1 else 1.0
+    shown = [lab for lab, vals in series.items() if any(v is not None for v in vals)]
+    for k, label in enumerate(shown):
+        vals = series[label]
         mean = np.array([np.nan if v is None else v[0] for v in vals], float)
         sd = np.array([np.nan if v is None else v[1] for v in vals], float)
-        if np.all(np.isnan(mean)):
-            continue
-        ax.errorbar(xs, mean, yerr=sd, marker="o", capsize=3, label=label)
+        dodge = (k - (len(shown) - 1) / 2) * 0.012 * span  # keep error bars apart
+        ax.errorbar(xs + dodge, mean, yerr=sd, marker="o", capsize=3, label=label)
     ax.set_xticks(xs, [p[1] for p in points])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
