@@ -158,3 +158,22 @@ def test_invert_without_shipped_models(case, monkeypatch, tmp_path):
         invert_mesa(field, mask, voxel_size=VSZ)
     with pytest.raises(FileNotFoundError, match=r"mesa-0.5x0.5x2.safetensors is missing"):
         invert_mesa(field, mask, voxel_size=(0.5, 0.5, 2.0))
+
+
+def test_cli_invert_meta_with_weights(case, tmp_path):
+    import nibabel as nib
+
+    from metaqsm.cli import main
+    from metaqsm.io import save_nifti
+
+    _, field, mask = case
+    affine = np.diag([*VSZ, 1.0])
+    save_nifti(tmp_path / "field.nii.gz", field, affine)
+    save_nifti(tmp_path / "mask.nii.gz", mask.astype(np.uint8), affine)
+    weights = save_checkpoint(tmp_path / "meta.safetensors", _tiny_meta())
+    out = tmp_path / "chi.nii.gz"
+    assert main(["invert", str(tmp_path / "field.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"),
+                 "--method", "meta", "--weights", str(weights), "-o", str(out)]) == 0
+    chi = np.asarray(nib.load(str(out)).dataobj)
+    np.testing.assert_allclose(chi, reconstruct(_tiny_meta(), field, mask, voxel_size=VSZ),
+                               rtol=1e-5, atol=1e-6)

@@ -242,8 +242,8 @@ class WPConv3d(nn.Module):
         w = w.to(x.dtype)
         b = None if b is None else b.to(x.dtype)
         # kernels in the input's memory format, else the convolution leaves oneDNN's fast path
-        fmt = (torch.channels_last_3d if x.shape[1] > 1
-               and x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
+        fmt = (torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d)
+               else torch.contiguous_format)
         pad = self.kernel_size // 2
         inv = geom.inverse.tolist()
         # runs of consecutive samples with the same geometry, cut with torch.split: its backward
