@@ -197,8 +197,8 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
         raise ValueError(f"method must be one of 'nonlinear', 'linear', got {method!r}")
     if unwrap not in ("romeo", "laplacian"):
         raise ValueError(f"unwrap must be one of 'romeo', 'laplacian', got {unwrap!r}")
-    mag = as_volume(magnitude, "magnitude", ndim=(3, 4), dtype=np.float64)
-    ph = as_volume(phase, "phase", ndim=(3, 4), dtype=np.float64)
+    mag = as_volume(magnitude, "magnitude", ndim=(3, 4))
+    ph = as_volume(phase, "phase", ndim=(3, 4))
     if mag.shape != ph.shape:
         raise ValueError(f"magnitude and phase must have the same shape, got magnitude "
                          f"{mag.shape} and phase {ph.shape}")
@@ -231,8 +231,8 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
 
     dte = tes[1] - tes[0]
     tau = (tes - tes[0]) / dte  # echo index for equally spaced echoes
-    M = mag[m]  # (N, E)
-    P = ph[m]
+    M = mag[m].astype(np.float64)  # (N, E)
+    P = ph[m].astype(np.float64)
     w = M * M
 
     if method == "nonlinear":

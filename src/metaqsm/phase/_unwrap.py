@@ -315,9 +315,9 @@ def temporal_consistency(unwrapped, phase, mask):
 
 
 def _check_phase_mag(phase, magnitude, mask, name="phase"):
-    phase = as_volume(phase, name, ndim=(3, 4), dtype=np.float64)
+    phase = as_volume(phase, name, ndim=(3, 4))
     if magnitude is not None:
-        magnitude = as_volume(magnitude, "magnitude", ndim=(3, 4), dtype=np.float64)
+        magnitude = as_volume(magnitude, "magnitude", ndim=(3, 4))
         if magnitude.shape != phase.shape:
             raise ValueError(f"magnitude must have the shape of {name} {phase.shape}, "
                              f"got {magnitude.shape}")
