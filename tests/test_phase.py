@@ -90,6 +90,17 @@ def test_single_echo_has_no_offset():
     assert np.all(fit.noise[mask] > 0)
 
 
+def test_voxels_without_signal_get_a_finite_noise(data):
+    mag, phase, _, _, mask = data
+    mag = mag.copy()
+    mag[20, 20, 16] = 0.0
+    fit = fit_echoes(mag, phase, echo_times=TES, field_strength=B0, mask=mask)
+    assert np.all(np.isfinite(fit.noise)) and np.all(np.isfinite(fit.field))
+    others = mask.copy()
+    others[20, 20, 16] = False
+    assert fit.noise[20, 20, 16] == pytest.approx(10 * fit.noise[others].max(), rel=1e-5)
+
+
 def test_mask_none_fits_everywhere():
     mag, phase, field, _, _ = simulate()
     mag = mag + 0.5  # signal everywhere

@@ -7,7 +7,6 @@ import numpy as np
 import scipy.fft as sfft
 
 from .._validate import as_mask, as_volume, as_voxel_size, as_b0_dir
-from ..kernels import fft_convolve
 
 
 class CropGrid:
@@ -75,4 +74,4 @@ def ifft_of(X, shape):
     return sfft.irfftn(X, s=shape, workers=-1)
 
 
-__all__ = ["CropGrid", "check_inputs", "sphere_count", "smv_erode", "fft_of", "ifft_of", "fft_convolve"]
+__all__ = ["CropGrid", "check_inputs", "sphere_count", "smv_erode", "fft_of", "ifft_of"]

@@ -21,7 +21,8 @@ class EchoFit:
         Unwrapped total field in ppm (0 outside the mask).
     noise : (X, Y, Z) float32
         Standard deviation of ``field`` in ppm (MEDI's ``N_std``; the data weights of MEDI and
-        PDF are its inverse). ``inf`` where the magnitude is 0; 0 outside the mask.
+        PDF are its inverse). Voxels without signal get 10 times the largest finite value;
+        0 outside the mask.
     phase_offset : (X, Y, Z) float32
         Phase at echo time 0 in radians, wrapped to [-pi, pi) (0 for a single echo).
     residual : (X, Y, Z) float32
@@ -98,6 +99,17 @@ def _noise_sigma(mag, res2, dof, magnitude_outside):
     if magnitude_outside is not None and magnitude_outside.size:
         return float(np.sqrt(np.mean(magnitude_outside ** 2)))
     return 1.0
+
+
+def _finite_noise(noise):
+    """Voxels without signal (infinite standard deviation) get 10 times the largest finite
+    value, so that weights 1 / noise stay finite and tiny there."""
+    bad = ~np.isfinite(noise)
+    if bad.any():
+        good = noise[~bad]
+        noise = noise.copy()
+        noise[bad] = 10.0 * float(good.max()) if good.size else 1.0
+    return noise
 
 
 def _wls_line(y, w, t):
@@ -225,7 +237,7 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
         field[m] = u[m] / te * to_ppm
         sigma = _noise_sigma(None, np.empty((0, 1)), 0, outside_mag)
         with np.errstate(divide="ignore"):
-            noise[m] = sigma / np.sqrt(2.0) / (mag[..., 0][m] * te) * to_ppm
+            noise[m] = _finite_noise(sigma / np.sqrt(2.0) / (mag[..., 0][m].astype(np.float64) * te) * to_ppm)
         return EchoFit(field.astype(np.float32), noise.astype(np.float32),
                        offset.astype(np.float32), residual.astype(np.float32), sigma)
 
@@ -277,7 +289,7 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
         phi0 = _wrap(phi0)
     sigma = _noise_sigma(M, res2, n_echo - 2, outside_mag)
     field[m] = omega * to_ppm
-    noise[m] = sigma / np.sqrt(2.0) * np.sqrt(var_a) / dte * to_ppm
+    noise[m] = _finite_noise(sigma / np.sqrt(2.0) * np.sqrt(var_a) / dte * to_ppm)
     offset[m] = phi0
     with np.errstate(invalid="ignore", divide="ignore"):
         residual[m] = np.where(w.sum(1) > 0, np.sqrt(res2.sum(1) / np.where(w.sum(1) > 0, w.sum(1), 1.0)), 0.0)
