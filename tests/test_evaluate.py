@@ -403,8 +403,40 @@ def test_paper_design_with_real_checkpoints(tmp_path, monkeypatch, capsys):
     interp = next(r for r in recs if r["label"] == "Mesa-QSM (0.5x0.5x2, interpolated)")
     assert interp["params"]["weights"] == str(ck["mesa-0.5x0.5x2"])
     assert all(np.isfinite(r["metrics"]["rmse"]) for r in recs)
+    md = (out / "report.md").read_text()
+    assert "## Targets (issue 6)" in md and "RMSE within 10% of Mesa-QSM (0.5x0.5x2)" in md
     assert main(["evaluate", "--suite", "quick", "--weights", "meta", "-o", str(tmp_path / "x")]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
     assert main(["evaluate", "--suite", "quick", "--weights", f"meso={ck['meta']}",
                  "-o", str(tmp_path / "x")]) == 2
     assert "--weights names must be among" in capsys.readouterr().err
+
+
+def test_target_checks_known_answer():
+    from metaqsm.evaluate.report import target_checks
+
+    def e(method, rmse, hfen, ssim, n=3):
+        return {"n": n, "method": method, "rmse": {"mean": rmse}, "hfen": {"mean": hfen},
+                "ssim": {"mean": ssim}}
+
+    man = {"groups": [{"name": "table1", "title": "T1"}, {"name": "table2", "title": "T2"}]}
+    summary = {
+        "table1": {"TKD": e("tkd", 60, 50, 0.90), "Meta-QSM": e("meta", 40, 55, 0.95)},
+        "table2": {"Mesa-QSM (0.5x0.5x2)": e("mesa", 30, 30, 0.9),
+                   "Meta-QSM": e("meta", 32.9, 30, 0.9),
+                   "Mesa-QSM (0.7639x0.7639x3, as is)": e("mesa", 80, 70, 0.5)},
+    }
+    got = {(t, c): ok for t, c, _, ok in target_checks(man, summary)}
+    assert got == {
+        ("T1", "RMSE better than TKD"): True, ("T1", "HFEN better than TKD"): False,
+        ("T1", "SSIM better than TKD"): True,
+        ("T2", "RMSE within 10% of Mesa-QSM (0.5x0.5x2)"): True,  # 32.9 / 30 = 1.097
+        ("T2", "RMSE better than Mesa-QSM (0.7639x0.7639x3, as is)"): True,
+        ("T2", "HFEN better than Mesa-QSM (0.7639x0.7639x3, as is)"): True,
+        ("T2", "SSIM better than Mesa-QSM (0.7639x0.7639x3, as is)"): True,
+    }
+    summary["table2"]["Meta-QSM"]["rmse"]["mean"] = 33.3  # 1.11: outside 10%
+    got = {(t, c): ok for t, c, _, ok in target_checks(man, summary)}
+    assert got[("T2", "RMSE within 10% of Mesa-QSM (0.5x0.5x2)")] is False
+    summary["table1"]["Meta-QSM"]["n"] = 0  # no Meta results: no checks for that table
+    assert all(t != "T1" for t, *_ in target_checks(man, summary))
