@@ -109,6 +109,7 @@ def save_checkpoint(path, model, extra=None, *, half=False):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)  # readable by everyone once shipped inside the package
         os.replace(tmp, path)
     finally:
         if tmp.exists():
