@@ -79,7 +79,7 @@ def register(subparsers):
     p.add_argument("--mask-erode-mm", type=float, default=0.0,
                    help="erode the estimated brain mask by this many mm")
     p.add_argument("--bgremove", default=DEFAULT_BGREMOVE, metavar="NAME",
-                   help="background field removal: resharp, vsharp, sharp, pdf")
+                   help="background field removal: resharp, vsharp, sharp, pdf, lbv")
     _add_options_arg(p, "--bgremove-option", "background removal (e.g. radius=6)")
     p.add_argument("--method", default=DEFAULT_INVERSION, metavar="NAME",
                    help="dipole inversion: tkd, tsvd, tikhonov, ilsqr, medi, tv, meta, mesa")
@@ -199,7 +199,7 @@ def register(subparsers):
         subparsers, "bgremove",
         help="stage: total field (ppm) -> local field (ppm) and eroded mask",
         description="Background field removal (metaqsm.bgremove): resharp (default, 6 mm), "
-        "vsharp, sharp, pdf.\n\nexample:\n  metaqsm bgremove field.nii.gz --mask mask.nii.gz "
+        "vsharp, sharp, pdf, lbv.\n\nexample:\n  metaqsm bgremove field.nii.gz --mask mask.nii.gz "
         "-o local.nii.gz --mask-output eroded.nii.gz",
     )
     p.add_argument("field", help="total field NIfTI, ppm")
