@@ -228,3 +228,20 @@ def test_example_command(tmp_path, capsys):
     assert (out / "sub-01_Chimap.png").stat().st_size > 10_000
     assert (out / "sim" / "sub-01_part-phase_MEGRE.nii.gz").exists()
     assert main(["example", "-o", str(out), "--shape", "48", "48", "32", "--quiet"]) == 2
+
+
+def test_run_does_not_import_torch(sim_dir, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from metaqsm.cli import main\n"
+        f"rc = main(['run', '--magnitude', {str(_sim(sim_dir, 'mag'))!r}, '--phase', "
+        f"{str(_sim(sim_dir, 'phase'))!r}, '-o', {str(tmp_path / 'o')!r}, '--method', 'tkd', "
+        "'--quiet', '--no-figure'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr

@@ -219,3 +219,51 @@ def test_write_outputs_all_or_nothing(tiny, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         write_outputs(res, out3)
     assert list(out3.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- figures
+def _axial_image(affine, convention="radiological"):
+    """Render a volume with one bright voxel block at the patient's right-anterior-superior
+    corner (in world space) and return the axial panel's pixel array."""
+    from metaqsm.figures import plot_orthogonal
+
+    vol = np.zeros((20, 24, 16), np.float32)
+    world = np.array([[i, j, k] for i in (0, 19) for j in (0, 23) for k in (0, 15)], float)
+    ras = (np.c_[world, np.ones(len(world))] @ np.asarray(affine).T)[:, :3]
+    corner = world[np.argmax(ras @ np.array([1.0, 1.0, 0.0]))].astype(int)  # most right + anterior
+    sl = tuple(slice(max(c - 2, 0), c + 3) for c in corner)
+    vol[sl] = 1.0
+    centre = np.clip(corner, 2, np.array(vol.shape) - 3)
+    fig = plot_orthogonal(vol, affine=affine, centre=centre, vmin=-1, vmax=1,
+                          convention=convention)
+    axial = fig.axes[0]
+    return np.asarray(axial.images[0].get_array())
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_figure_orientation_radiological(flip):
+    # RAS voxel axes, or x flipped (LAS: voxel i runs to the patient's left)
+    affine = np.diag([-1.0 if flip else 1.0, 1.0, 1.0, 1.0])
+    img = _axial_image(affine)
+    rows, cols = np.nonzero(img > 0.5)
+    # origin="lower": a high row index is the top of the picture (anterior)
+    assert rows.mean() > img.shape[0] / 2, "anterior must be up"
+    assert cols.mean() < img.shape[1] / 2, "radiological: the patient's right on the left"
+    img = _axial_image(affine, convention="neurological")
+    assert np.nonzero(img > 0.5)[1].mean() > img.shape[1] / 2
+
+
+def test_figure_writes_png_atomically(tmp_path):
+    from metaqsm.figures import save_orthogonal
+
+    vol = np.random.default_rng(0).standard_normal((16, 16, 12)).astype(np.float32)
+    path = tmp_path / "x.png"
+    save_orthogonal(path, vol, voxel_size=(1, 1, 2), title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileExistsError, match="exists"):
+        save_orthogonal(path, vol)
+    with pytest.raises(ValueError, match="convention must be"):
+        save_orthogonal(tmp_path / "y.png", vol, convention="upside-down")
+    with pytest.raises(ValueError, match="vmax must be greater"):
+        save_orthogonal(tmp_path / "y.png", vol, vmin=1, vmax=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]

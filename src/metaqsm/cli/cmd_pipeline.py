@@ -277,7 +277,7 @@ def _load_echoes(paths, flag):
             raise ValueError(f"{flag}: several files must all be 3D of one shape (one per echo), "
                              f"got shapes {sorted(shapes)}")
         data = np.stack([v.data for v in vols], axis=-1)
-    tes = tes if tes and len(tes) == (data.shape[-1] if data.ndim == 4 else 1) else None
+    tes = tes or None  # a count that differs from the echoes is reported by check_inputs
     if tes is not None and all(t > 1.0 for t in tes):
         tes = [t / 1000.0 for t in tes]  # a sidecar in ms (not BIDS, but common)
     return data, vols[0], tes, (b0s[0] if b0s else None)
