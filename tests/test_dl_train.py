@@ -168,6 +168,8 @@ def test_config_errors(tmp_path):
         validate_config(apply_overrides(DEFAULT_CONFIG, ['data.source="h5"']))
     with pytest.raises(ValueError, match="model.name must be one of"):
         validate_config(apply_overrides(DEFAULT_CONFIG, ['model.name="unet"']))
+    with pytest.raises(ValueError, match="model.basis is not an argument of model 'mesa'"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ['model.name="mesa"', "model.basis=2"]))
     with pytest.raises(ValueError, match="run.amp must be one of"):
         validate_config(apply_overrides(DEFAULT_CONFIG, ['run.amp="fp8"']))
     with pytest.raises(FileNotFoundError, match="configuration file"):

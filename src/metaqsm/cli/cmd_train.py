@@ -23,8 +23,8 @@ def register(subparsers):
             "examples:\n"
             "  metaqsm train --config configs/cpu.toml --stream --out runs/meta\n"
             "  metaqsm train --config configs/cpu.toml --out runs/meta --resume --steps 20000\n"
-            "  metaqsm train --config configs/cpu.toml --data synth/train --out runs/mesa "
-            "model.name=mesa\n"
+            "  metaqsm train --config configs/cpu-mesa-0.5x0.5x2.toml --data synth/mesa --out "
+            "runs/mesa optim.lr=2e-4\n"
             "  torchrun --nproc_per_node=4 -m metaqsm.cli train --config configs/paper.toml "
             "--data synth/train --out runs/paper --device cuda"),
     )

@@ -186,6 +186,13 @@ def validate_config(config):
     if cfg["model"]["name"] not in MODELS:
         raise ValueError(f"model.name must be one of {', '.join(sorted(MODELS))}, "
                          f"got {cfg['model']['name']!r}")
+    import inspect
+
+    accepted = set(inspect.signature(MODELS[cfg["model"]["name"]].__init__).parameters) - {"self"}
+    unknown = sorted(set(cfg["model"]) - accepted - {"name"})
+    if unknown:
+        raise ValueError(f"model.{unknown[0]} is not an argument of model {cfg['model']['name']!r} "
+                         f"(its arguments: {', '.join(sorted(accepted))})")
     return cfg
 
 
