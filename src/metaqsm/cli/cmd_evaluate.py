@@ -43,6 +43,8 @@ def register(subparsers):
                    help="methods to compare (default: the suite's; tkd ilsqr medi tv meta for a "
                         "user case)")
     p.add_argument("--n", type=int, default=None, help="at most N volumes per test set (default: all)")
+    p.add_argument("--figure-cases", type=int, default=1, metavar="N",
+                   help="slice figures of the first N volumes of each table")
     p.add_argument("--resume", action="store_true", help="continue an evaluation in --output, "
                    "skipping what is done")
     p.add_argument("--save-volumes", action="store_true", default=None,
@@ -75,7 +77,7 @@ def handler(args):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} belongs to --field/--real, not --suite")
         suite = build_suite(args.suite, methods=args.methods, n=args.n, fansi_dir=args.fansi_dir,
-                            weights=weights)
+                            weights=weights, figure_cases=args.figure_cases)
     else:
         if args.real is not None:
             if args.reference is not None:
@@ -121,6 +123,8 @@ def _command(args):
         parts += ["--methods", *args.methods]
     if args.n is not None:
         parts += ["--n", str(args.n)]
+    if args.figure_cases != 1:
+        parts += ["--figure-cases", str(args.figure_cases)]
     for flag in ("voxel_size", "b0_dir"):
         if getattr(args, flag) is not None:
             parts += [f"--{flag.replace('_', '-')}", *(f"{v:g}" for v in getattr(args, flag))]

@@ -183,10 +183,11 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
     nrows = len(all_rows)
     row_h = 1.55
     fig_w = row_h * sum(widths) + 2.4
-    fig = plt.figure(figsize=(fig_w, row_h * nrows + 0.9))
+    fig_h = row_h * nrows + 1.0
+    fig = plt.figure(figsize=(fig_w, fig_h))
     gs = gridspec.GridSpec(nrows, ncols, figure=fig, width_ratios=widths, wspace=0.04, hspace=0.06,
-                           left=1.7 / fig_w, right=1 - 0.7 / fig_w, top=1 - 0.55 / (row_h * nrows + 0.9),
-                           bottom=0.1 / (row_h * nrows + 0.9))
+                           left=1.7 / fig_w, right=1 - 0.7 / fig_w, top=1 - 0.8 / fig_h,
+                           bottom=0.1 / fig_h)
     cmap = _grey()
     chi_im = err_im = None
     chi_rows, err_rows = [], []
@@ -202,7 +203,7 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
                 ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
             if r == 0:
                 idx = ref["index"]
-                ax.set_title(f"{v} ({'xyz'[2 - c]}={int(idx[2 - c])})", fontsize=9)
+                ax.set_title(f"{v}\n{'xyz'[2 - c]} = {int(idx[2 - c])}", fontsize=8)
                 _letters(ax, v)
             if kind == "field":
                 field_im = im
@@ -224,7 +225,7 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if r == err_rows[0]:
-                    ax.set_title(f"error, {v}", fontsize=9)
+                    ax.set_title(f"error\n{v}", fontsize=8)
     if chi_rows:
         cax = fig.add_subplot(gs[chi_rows[0]:chi_rows[-1] + 1, 3])
         cb = fig.colorbar(chi_im, cax=cax)

@@ -549,7 +549,7 @@ def apply_weights(suite, weights):
     return suite
 
 
-def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None):
+def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, figure_cases=1):
     """Build a named suite.
 
     Parameters
@@ -565,6 +565,8 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None):
     weights : dict, optional
         Checkpoints to evaluate instead of the shipped models, ``{"meta": path,
         "mesa-0.5x0.5x2": path, "mesa-0.7639x0.7639x3": path, "mesa": path}`` (any subset).
+    figure_cases : int
+        Slice figures of the first this many volumes of each table (default 1).
 
     Returns
     -------
@@ -591,6 +593,9 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None):
         suite = _fansi_suite(methods, n, fansi_dir)
     else:
         raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {name!r}")
+    figure_cases = as_int(figure_cases, "--figure-cases", minimum=0)
+    for g in suite.groups:
+        g.figure_cases = figure_cases
     return apply_weights(suite, weights)
 
 
