@@ -141,6 +141,8 @@ def test_bad_input(tiny):
         run_pipeline(mag, np.round(ph * 4096 / np.pi), echo_times=tes, field_strength=3, **kw)
     with pytest.raises(ValueError, match=r"radians.*degrees"):
         run_pipeline(mag, np.degrees(ph), echo_times=tes, field_strength=3, **kw)
+    with pytest.raises(ValueError, match="does not look like radians"):
+        run_pipeline(mag, ph * (0.0036744 / np.pi), echo_times=tes, field_strength=3, **kw)
     with pytest.raises(ValueError, match="field_strength is missing"):
         run_pipeline(mag, ph, echo_times=tes, field_strength=None, **kw)
     with pytest.raises(ValueError, match="field_strength must be positive"):

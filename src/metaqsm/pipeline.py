@@ -50,6 +50,7 @@ DEFAULT_UNWRAP = "romeo"
 STAGES = ("mask", "fit-echoes", "bgremove", "inversion")
 
 _PHASE_TOL = 1e-3  # rad: float32 rounding of +-pi from converters
+_PHASE_MIN_SPAN = 0.05  # rad: real phase images reach far beyond this (noise, fields, offsets)
 
 
 @dataclass
@@ -101,14 +102,24 @@ def check_phase_radians(phase, name="phase"):
     """Refuse phase that is not wrapped radians (in [-pi, pi] or [0, 2 pi]).
 
     Scanner units are recognised in the message: Siemens stores -4096..4095, GE and Philips
-    often milliradians (-3142..3142), some tools degrees.
+    often milliradians (-3142..3142), some tools degrees. Phase whose largest magnitude is below
+    0.05 rad is refused too: a real phase image spans about -pi..pi (if only through the noise
+    outside the head), so such values are arbitrary units scaled down.
     """
     lo, hi = float(np.min(phase)), float(np.max(phase))
+    span = max(abs(lo), abs(hi))
+    if span < _PHASE_MIN_SPAN:
+        # wrapped phase spans about -pi..pi (noise outside the head alone does); values this
+        # small are scanner units scaled down, not radians
+        raise ValueError(
+            f"{name} must be wrapped phase in radians (-pi..pi), got values only in "
+            f"[{lo:.4g}, {hi:.4g}]: it does not look like radians (arbitrary units?); rescale it "
+            "to radians, or pass --phase-units auto on the command line to rescale by "
+            "pi/max|phase|")
     ok_signed = lo >= -np.pi - _PHASE_TOL and hi <= np.pi + _PHASE_TOL
     ok_positive = lo >= -_PHASE_TOL and hi <= 2 * np.pi + _PHASE_TOL
     if ok_signed or ok_positive:
         return
-    span = max(abs(lo), abs(hi))
     if span <= 180.5:
         guess = "degrees? multiply by pi/180"
     elif span <= 1000 * np.pi + 1:
