@@ -33,7 +33,7 @@ def _add_acquisition_args(p, *, required_magnitude=True):
     p.add_argument("--field-strength", type=float, default=None, metavar="T",
                    help="main field in tesla (default: MagneticFieldStrength of the sidecars)")
     p.add_argument("--phase-units", choices=("radians", "auto"), default="radians",
-                   help="'radians' refuses phase outside -pi..pi; 'auto' rescales by pi/max|phase| "
+                   help="'radians' refuses phase that is not radians; 'auto' rescales signed values by pi/max|phase|, non-negative ones by 2 pi/max "
                         "(scanner units)")
 
 
@@ -284,13 +284,21 @@ def _load_echoes(paths, flag):
 
 
 def _to_radians(phase, units):
-    if units == "auto":
-        peak = float(np.max(np.abs(phase)))
-        if peak <= 0:
-            raise ValueError("phase is all zeros")
-        if peak > np.pi + 1e-3:
-            return (phase * (np.pi / peak)).astype(np.float32), np.pi / peak
-    return phase, 1.0
+    """``units="auto"``: phase already in radians is kept; signed values are scaled by
+    pi / max|phase|, non-negative ones by 2 pi / max (e.g. 0..4095). Returns (phase, scale)."""
+    if units != "auto":
+        return phase, 1.0
+    from ..pipeline import _PHASE_MIN_SPAN, _PHASE_TOL
+
+    lo, hi = float(np.min(phase)), float(np.max(phase))
+    peak = max(abs(lo), abs(hi))
+    if peak == 0:
+        raise ValueError("phase is all zeros")
+    if peak >= _PHASE_MIN_SPAN and ((lo >= -np.pi - _PHASE_TOL and hi <= np.pi + _PHASE_TOL)
+                                    or (lo >= -_PHASE_TOL and hi <= 2 * np.pi + _PHASE_TOL)):
+        return phase, 1.0
+    scale = np.pi / peak if lo < 0 else 2 * np.pi / hi
+    return (phase * scale).astype(np.float32), scale
 
 
 def _acquisition_from_nifti(args):
