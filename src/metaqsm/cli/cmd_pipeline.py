@@ -33,8 +33,8 @@ def _add_acquisition_args(p, *, required_magnitude=True):
     p.add_argument("--field-strength", type=float, default=None, metavar="T",
                    help="main field in tesla (default: MagneticFieldStrength of the sidecars)")
     p.add_argument("--phase-units", choices=("radians", "auto"), default="radians",
-                   help="'radians' refuses phase that is not radians; 'auto' rescales signed values by pi/max|phase|, non-negative ones by 2 pi/max "
-                        "(scanner units)")
+                   help="'radians' refuses phase that is not radians; 'auto' rescales "
+                        "scanner units: signed by pi/max|phase|, non-negative by 2 pi/max")
 
 
 def _add_options_arg(p, flag, what):
@@ -173,7 +173,7 @@ def register(subparsers):
     p.add_argument("--mask", default=None, help="mask NIfTI")
     p.add_argument("--method", default=DEFAULT_UNWRAP, metavar="romeo|laplacian", help="unwrapper")
     p.add_argument("--phase-units", choices=("radians", "auto"), default="radians",
-                   help="'auto' rescales by pi/max|phase|")
+                   help="'auto' rescales scanner units to radians (see metaqsm run)")
     p.add_argument("-o", "--output", required=True, help="unwrapped phase NIfTI (rad)")
     _common.add_geometry_args(p)
     _common.add_force_arg(p)
