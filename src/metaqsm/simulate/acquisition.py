@@ -341,8 +341,9 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     Steps, on the input (fine) grid: (1) local field = dipole convolution of ``chi`` inside
     ``mask`` (:func:`metaqsm.kernels.forward_field`, zero padded); (2) background field of a head
     around the brain (:func:`head_model`: CSF, skull at -2 ppm, scalp, neck, air sinuses and
-    mastoid cells at +9.4 ppm, air outside), computed with point dipoles on a grid that holds the whole
-    head extends beyond the field of view, plus any ``chi`` outside the mask; (3) complex signal
+    mastoid cells at +9.4 ppm, air outside; the head extends beyond the field of view),
+    computed with point dipoles on a grid twice the head's size, plus the field of any ``chi``
+    outside the mask; (3) complex signal
     ``M0 exp(-R2* TE) exp(i (phi0 + 2 pi gamma B0 field TE))`` per echo. Then, if
     ``output_voxel_size`` is given, the complex signal and the truth maps are reduced to it
     (k-space truncation or block averaging). Last, complex Gaussian noise is added at the
