@@ -199,6 +199,7 @@ def test_bad_input_gives_clear_errors(small_phantom, tmp_path, capsys):
         (["--field", str(p["field"])], "--field needs --mask"),
         (["--suite", "quick", "--methods", "tkd", "magic"], "--methods must be among"),
         (["--suite", "quick", "--n", "0"], "--n must be >= 1"),
+        (["--suite", "quick", "--figure-cases", "-1"], "--figure-cases must be >= 0"),
         (["--suite", "quick", "--mask", str(p["mask"])], "--mask belongs to --field"),
         (["--field", str(p["field"]), "--mask", str(p["mask"]), "--methods", "nope"],
          "--methods must be among"),
@@ -440,3 +441,15 @@ def test_target_checks_known_answer():
     assert got[("T2", "RMSE within 10% of Mesa-QSM (0.5x0.5x2)")] is False
     summary["table1"]["Meta-QSM"]["n"] = 0  # no Meta results: no checks for that table
     assert all(t != "T1" for t, *_ in target_checks(man, summary))
+
+
+def test_classical_evaluation_never_imports_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from metaqsm.cli import main; "
+            f"rc = main(['evaluate', '--suite', 'quick', '--methods', 'tkd', '--n', '1', '-o', "
+            f"{str(tmp_path / 'r')!r}, '--no-progress']); "
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "0 False", out.stderr
