@@ -78,7 +78,7 @@ def test_h5_dataset_round_trip(tmp_path):
 
     out = tmp_path / "data"
     assert main(["synth", "-n", "5", "-o", str(out), "--seed", "2", "--patch", "16", "16", "8",
-                 "--split", "0.6", "--dtype", "float16"]) == 0
+                 "--split", "0.6", "--dtype", "float16", "--workers", "2"]) == 0
     train, val = H5Dataset(out, "train"), H5Dataset(out / "synth.h5", split="val")
     assert len(train) == 3 and len(val) == 2
     assert read_manifest(out)["counts"] == {"train": 3, "val": 2}
