@@ -147,8 +147,10 @@ def brain_mask(magnitude, *, voxel_size, method="otsu", erode_mm=0.0, fill_holes
         mag = np.abs(mag)
     smooth = as_positive(smooth_mm, "smooth_mm", allow_zero=True)
     scale = as_positive(threshold_scale, "threshold_scale")
-    opening = 2.0 * vsz.max() if opening_mm is None else as_positive(opening_mm, "opening_mm", allow_zero=True)
-    closing = 2.0 * vsz.max() if closing_mm is None else as_positive(closing_mm, "closing_mm", allow_zero=True)
+    opening = (2.0 * vsz.max() if opening_mm is None
+               else as_positive(opening_mm, "opening_mm", allow_zero=True))
+    closing = (2.0 * vsz.max() if closing_mm is None
+               else as_positive(closing_mm, "closing_mm", allow_zero=True))
     if smooth > 0:
         mag = ndi.gaussian_filter(mag, sigma=smooth / vsz)
     from skimage.filters import threshold_otsu

@@ -204,7 +204,8 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
     try:
         b0 = _check_b0(field_strength)
     except (TypeError, ValueError):
-        raise ValueError(f"field_strength must be a positive number of tesla, got {field_strength!r}") from None
+        raise ValueError("field_strength must be a positive number of tesla, "
+                         f"got {field_strength!r}") from None
     if method not in ("nonlinear", "linear"):
         raise ValueError(f"method must be one of 'nonlinear', 'linear', got {method!r}")
     if unwrap not in ("romeo", "laplacian"):
@@ -237,7 +238,8 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
         field[m] = u[m] / te * to_ppm
         sigma = _noise_sigma(None, np.empty((0, 1)), 0, outside_mag)
         with np.errstate(divide="ignore"):
-            noise[m] = _finite_noise(sigma / np.sqrt(2.0) / (mag[..., 0][m].astype(np.float64) * te) * to_ppm)
+            m0 = mag[..., 0][m].astype(np.float64)
+            noise[m] = _finite_noise(sigma / np.sqrt(2.0) / (m0 * te) * to_ppm)
         return EchoFit(field.astype(np.float32), noise.astype(np.float32),
                        offset.astype(np.float32), residual.astype(np.float32), sigma)
 
@@ -291,8 +293,8 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
     field[m] = omega * to_ppm
     noise[m] = _finite_noise(sigma / np.sqrt(2.0) * np.sqrt(var_a) / dte * to_ppm)
     offset[m] = phi0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        residual[m] = np.where(w.sum(1) > 0, np.sqrt(res2.sum(1) / np.where(w.sum(1) > 0, w.sum(1), 1.0)), 0.0)
+    energy = w.sum(1)
+    residual[m] = np.where(energy > 0, np.sqrt(res2.sum(1) / np.where(energy > 0, energy, 1.0)), 0.0)
     return EchoFit(field.astype(np.float32), noise.astype(np.float32), offset.astype(np.float32),
                    residual.astype(np.float32), sigma)
 

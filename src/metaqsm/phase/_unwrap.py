@@ -124,10 +124,10 @@ def unwrap_laplacian(phase, *, voxel_size, mask=None, snap=False):
     then the Poisson equation is inverted with zero-flux boundaries by a DCT (the FFT of the
     mirrored volume), so a linear phase ramp is recovered without the wrap-around errors of a
     periodic FFT. With a mask, the zero-flux problem on the mask is solved by conjugate
-    gradients preconditioned with that DCT solver. The result is smooth: it equals the true phase up to a constant wherever no
-    neighbour difference exceeds pi, and differs from it by a smooth term elsewhere (it is
-    not an exact multiple of 2 pi away from the input). The constant is chosen so that the
-    result agrees with the input modulo 2 pi on average.
+    gradients preconditioned with that DCT solver. The result is smooth: it equals the true
+    phase up to a constant wherever no neighbour difference exceeds pi, and differs from it by a
+    smooth term elsewhere (it is not an exact multiple of 2 pi away from the input). The
+    constant is chosen so that the result agrees with the input modulo 2 pi on average.
 
     Parameters
     ----------
