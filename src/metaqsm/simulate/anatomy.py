@@ -201,8 +201,8 @@ def tissue_susceptibility(maps, *, wm, cortex, deep, deep_gradient, csf=0.0, box
 def add_veins(chi, mask, *, voxel_size, count, value_range, radius_range, length_range, rng):
     """Draw vessel-like tubes (veins) as random smooth curves, inside ``mask``, in place.
 
-    Each vein is a persistent random walk (a smooth curve: its direction turns by a small random
-    angle each step) of random length and radius, started at a random voxel of ``mask``, rasterised
+    Each vein is a smooth random curve (its direction is a random unit drift plus smooth noise
+    with a 10 mm correlation length) of random length and radius, started at a random voxel of ``mask``, rasterised
     by stamping a ball at points 1/2 voxel apart; the tube replaces the tissue value. Partial
     volume comes from the later reduction to the target voxel size.
 
@@ -220,27 +220,28 @@ def add_veins(chi, mask, *, voxel_size, count, value_range, radius_range, length
         Ranges of the susceptibility (ppm), radius (mm) and length (mm) of each vein (uniform).
     rng : numpy.random.Generator
     """
+    from scipy.ndimage import gaussian_filter1d
+
     vsz = np.asarray(voxel_size, float)
     shape = np.asarray(chi.shape)
-    where = np.flatnonzero(mask)
-    if count <= 0 or where.size == 0:
+    flat_mask = mask.reshape(-1)
+    if count <= 0 or not flat_mask.any():
         return chi
     step = 0.5 * float(vsz.min())
     for _ in range(int(count)):
         value = rng.uniform(*value_range)
         radius = rng.uniform(*radius_range)
         length = rng.uniform(*length_range)
-        start = np.array(np.unravel_index(where[rng.integers(where.size)], chi.shape), float)
+        start = np.array(np.unravel_index(_random_index(flat_mask, rng), chi.shape), float)
         n = max(int(length / step), 2)
-        # persistent random walk: smooth direction changes, about 1 rad per 10 mm
-        kicks = rng.standard_normal((n, 3)) * np.sqrt(step / 10.0)
-        d = rng.standard_normal(3)
-        d /= np.linalg.norm(d)
-        dirs = np.empty((n, 3))
-        for i in range(n):
-            d = d + kicks[i]
-            d /= np.linalg.norm(d)
-            dirs[i] = d
+        # smooth random direction: a unit drift plus Gaussian-filtered noise of correlation
+        # length 10 mm (turns of about a radian per 10-20 mm)
+        drift = rng.standard_normal(3)
+        drift /= np.linalg.norm(drift)
+        wiggle = gaussian_filter1d(rng.standard_normal((n, 3)), 10.0 / step, axis=0, mode="nearest")
+        wiggle /= max(float(np.sqrt((wiggle ** 2).sum(1).mean())), 1e-12)
+        dirs = drift + 0.8 * wiggle
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         pts_mm = (start + 0.5) * vsz + np.cumsum(dirs * step, axis=0)
         pts = np.unique(np.floor(pts_mm / vsz).astype(np.int64), axis=0)
         r_vox = radius / vsz
@@ -255,3 +256,13 @@ def add_veins(chi, mask, *, voxel_size, count, value_range, radius_range, length
         flat = flat[mask.reshape(-1)[flat]]
         chi.reshape(-1)[flat] = value
     return chi
+
+
+def _random_index(flat_mask, rng, tries=64):
+    """A uniformly random flat index where ``flat_mask`` is true (rejection sampling first)."""
+    for _ in range(tries):
+        i = int(rng.integers(flat_mask.size))
+        if flat_mask[i]:
+            return i
+    where = np.flatnonzero(flat_mask)
+    return int(where[rng.integers(where.size)])
