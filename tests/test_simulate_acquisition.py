@@ -7,7 +7,8 @@ import pytest
 
 from metaqsm.kernels import forward_field, laplacian
 from metaqsm.mask import erode_mask
-from metaqsm.simulate import Acquisition, head_model, reduce_resolution, simulate_acquisition
+from metaqsm.simulate import (Acquisition, head_model, reduce_resolution, shim,
+                              simulate_acquisition)
 from metaqsm.simulate.acquisition import HEAD_LABELS
 from metaqsm.units import ppm_to_rad
 
@@ -56,6 +57,22 @@ def test_background_is_realistic_and_harmonic_in_the_brain(phantom):
     assert np.linalg.norm(lb) < 0.02 * np.linalg.norm(ll)
     # the last default echo (31.4 ms) wraps in the brain
     assert np.ptp(ppm_to_rad(acq.total_field[m], acq.echo_times[-1], 3.0)) > 4 * np.pi
+
+
+def test_shim_removes_second_order_harmonics_only(phantom):
+    vsz = phantom.voxel_size
+    m = phantom.mask
+    axes = [np.arange(n) * d for n, d in zip(m.shape, vsz)]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    harmonic = 0.3 + 0.01 * x - 0.02 * z + 1e-4 * (x * y - 2 * z * z + x * x + y * y)
+    np.testing.assert_allclose(shim(harmonic, m, voxel_size=vsz)[m], 0.0, atol=1e-5)
+    # first order leaves the quadratic terms
+    assert np.abs(shim(harmonic, m, voxel_size=vsz, order=1)[m]).max() > 1e-2
+    local = forward_field(phantom.chi * m, voxel_size=vsz)
+    shimmed = shim(local, m, voxel_size=vsz)
+    assert np.linalg.norm((shimmed - local)[m]) < 0.5 * np.linalg.norm(local[m] - local[m].mean())
+    with pytest.raises(ValueError, match="shim_order must be 0, 1 or 2"):
+        shim(local, m, voxel_size=vsz, order=3)
 
 
 def test_head_model_layers(phantom):
@@ -158,5 +175,7 @@ def test_bad_input(phantom):
         simulate_acquisition(chi, mask, voxel_size=vsz, field_strength=0)
     with pytest.raises(ValueError, match="must not be finer"):
         simulate_acquisition(chi, mask, voxel_size=vsz, output_voxel_size=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="shim_order must be 0, 1 or 2"):
+        simulate_acquisition(chi, mask, voxel_size=vsz, shim_order=4)
     with pytest.raises(ValueError, match="r2star must be a number or a volume"):
         simulate_acquisition(chi, mask, voxel_size=vsz, r2star=np.ones((3, 3, 3)))

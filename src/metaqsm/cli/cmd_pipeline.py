@@ -118,6 +118,8 @@ def register(subparsers):
     p.add_argument("--r2star", default=None, help="R2* in 1/s: a number or a NIfTI (default: per tissue)")
     p.add_argument("--no-background", action="store_true", help="no head background field")
     p.add_argument("--no-phase-offset", action="store_true", help="no phase offset")
+    p.add_argument("--shim-order", type=int, choices=(0, 1, 2), default=2,
+                   help="spherical harmonics removed from the background over the brain")
     p.add_argument("--seed", type=int, default=0, help="random seed (noise, phase offset)")
     p.add_argument("--subject", default="01", help="BIDS subject label")
     _common.add_geometry_args(p)
@@ -546,10 +548,11 @@ def run_simulate(args):
         r2star=_number_or_nifti(args.r2star, "--r2star", chi.shape),
         snr=None if args.snr == 0 else args.snr, phase_offset=not args.no_phase_offset,
         background=not args.no_background, output_voxel_size=args.output_voxel_size,
-        reduce=args.reduce, affine=chi_vol.affine, rng=args.seed)
+        reduce=args.reduce, shim_order=args.shim_order, affine=chi_vol.affine, rng=args.seed)
     extra = {"Simulation": {"chi": str(args.chi), "mask": str(args.mask), "snr": args.snr,
                             "background": not args.no_background,
                             "phase_offset": not args.no_phase_offset, "reduce": args.reduce,
+                            "shim_order": args.shim_order,
                             "seed": args.seed}}
     paths = write_simulation(acq, out, subject=subject, force=args.force, extra=extra)
     print(f"metaqsm simulate: {'x'.join(map(str, acq.phase.shape))} at "

@@ -18,6 +18,7 @@ _LAZY = {
     "simulate_acquisition": "acquisition",
     "head_model": "acquisition",
     "reduce_resolution": "acquisition",
+    "shim": "acquisition",
 }
 
 

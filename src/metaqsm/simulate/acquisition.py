@@ -39,6 +39,7 @@ __all__ = [
     "simulate_acquisition",
     "head_model",
     "reduce_resolution",
+    "shim",
     "DEFAULT_ECHO_TIMES",
     "HEAD_LABELS",
 ]
@@ -219,6 +220,40 @@ def _background_field(labels, offset, chi_outside, mask, vsz, b0):
     return bg[o[0]:o[0] + shape[0], o[1]:o[1] + shape[1], o[2]:o[2] + shape[2]]
 
 
+def _shim_basis(mask, vsz, order):
+    """Real solid harmonics up to ``order`` (0, 1 or 2) at the mask's voxels, in mm from its
+    centre: the terms a scanner's shim coils produce (constant, x, y, z, xy, xz, yz,
+    x^2 - y^2, 2 z^2 - x^2 - y^2)."""
+    idx = np.argwhere(mask).astype(np.float64) * vsz
+    x, y, z = (idx - idx.mean(0)).T / 100.0  # decimetres keep the matrix well conditioned
+    terms = [np.ones_like(x)]
+    if order >= 1:
+        terms += [x, y, z]
+    if order >= 2:
+        terms += [x * y, x * z, y * z, x * x - y * y, 2 * z * z - x * x - y * y]
+    return np.stack(terms, axis=1), idx.mean(0)
+
+
+def shim(field, mask, *, voxel_size, order=2):
+    """Remove the spherical harmonics up to ``order`` that best fit ``field`` inside ``mask``,
+    as the scanner's shim does before an acquisition; returns the shimmed field (ppm).
+
+    The removed terms are harmonic, so the local field and the harmonic character of the
+    background are unchanged; only the background's large smooth part goes.
+    """
+    vsz = as_voxel_size(voxel_size)
+    mask = as_mask(mask, np.shape(field), "mask")
+    if order not in (0, 1, 2):
+        raise ValueError(f"shim_order must be 0, 1 or 2, got {order!r}")
+    A, centre = _shim_basis(mask, vsz, order)
+    coef = np.linalg.lstsq(A, np.asarray(field, np.float64)[mask], rcond=None)[0]
+    axes = [(np.arange(n) * d - c) / 100.0 for n, d, c in zip(np.shape(field), vsz, centre)]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    terms = [1.0, x, y, z, x * y, x * z, y * z, x * x - y * y, 2 * z * z - x * x - y * y]
+    fit = sum(c * t for c, t in zip(coef, terms[:len(coef)]))
+    return (np.asarray(field, np.float64) - fit).astype(np.float32)
+
+
 def _reduce_shape(shape, vsz, out_vsz, method):
     if method == "kspace":
         out = np.maximum(1, np.round(np.asarray(shape) * vsz / out_vsz)).astype(int)
@@ -335,7 +370,7 @@ def _phase_offset(shape, rng):
 def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
                          echo_times=DEFAULT_ECHO_TIMES, field_strength=3.0, m0=None, r2star=None,
                          snr=100.0, phase_offset=True, background=True, output_voxel_size=None,
-                         reduce="kspace", affine=None, rng=0):
+                         reduce="kspace", shim_order=2, affine=None, rng=0):
     """Simulate multi-echo gradient-echo magnitude and phase from a susceptibility map.
 
     Steps, on the input (fine) grid: (1) local field = dipole convolution of ``chi`` inside
@@ -384,6 +419,10 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         Voxel size (mm) of the output; ``None`` keeps the input grid.
     reduce : {"kspace", "block"}
         How to reduce resolution (see :func:`reduce_resolution`). Default ``"kspace"``.
+    shim_order : {0, 1, 2}
+        Order of the spherical harmonics removed from the background field over the brain, as
+        the scanner's shim does (default 2, second-order shim as on clinical 3 T scanners;
+        0 removes only the mean).
     affine : None or (4, 4) array
         Voxel-to-world transform of the input; the output's is returned in ``Acquisition.affine``.
     rng : int or numpy.random.Generator
@@ -437,6 +476,8 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         _reduce_shape(shape, vsz, out_vsz, reduce)  # fail before any work
     elif reduce not in ("kspace", "block"):
         raise ValueError(f"reduce must be one of 'kspace', 'block', got {reduce!r}")
+    if shim_order not in (0, 1, 2):
+        raise ValueError(f"shim_order must be 0, 1 or 2, got {shim_order!r}")
     rng = np.random.default_rng(rng)
 
     chi_in = np.where(mask, chi, 0.0).astype(np.float32)
@@ -449,8 +490,8 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         bg = _background_field(labels, offset, chi_out, mask, vsz, b0)
     else:
         bg = forward_field(chi_out, voxel_size=vsz, b0_dir=b0)
-    # The constant of the field is arbitrary: centre the background on the brain.
-    bg = bg - np.float32(bg[mask].mean())
+    # The scanner shims the field over the brain (the constant is arbitrary anyway).
+    bg = shim(bg, mask, voxel_size=vsz, order=shim_order)
     total = local + bg
 
     scale3 = np.float32(b0_t / 3.0)
