@@ -206,7 +206,10 @@ def test_run_from_dicom(tmp_path, capsys):
     field = np.asarray(nib.load(str(out / "sub-01_fieldmap.nii.gz")).dataobj)
     m = np.asarray(nib.load(str(out / "sub-01_mask.nii.gz")).dataobj) > 0
     d = (field - acq.total_field)[m & ph.mask]
-    assert np.std(d) < 0.05 * np.std(acq.total_field[m & ph.mask])
+    d -= np.median(d)
+    # the fit recovers the total field (up to a constant) in almost every brain voxel
+    print(f"\nDICOM run: {np.mean(np.abs(d) < 0.01) * 100:.1f} % of brain voxels within 0.01 ppm")
+    assert np.mean(np.abs(d) < 0.01) > 0.97
     # a second series in the folder: a clear error and no output
     write_series(dcm, "1.2.840.2", 4)
     out2 = tmp_path / "out2"
