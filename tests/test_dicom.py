@@ -17,6 +17,9 @@ SHAPE = (12, 10, 5)  # columns (i), rows (j), slices (k)
 TES_MS = (4.0, 8.5, 13.0)
 SPACING = (0.8, 0.9)  # PixelSpacing: (between rows, between columns) mm
 THICK = 2.0
+# Siemens phase: 12-bit stored values s, radians (2 s - 4096) pi / 4096, so steps of 2 pi / 4096;
+# +pi itself is not representable (s = 4095 is pi - 2 pi / 4096)
+SIEMENS_STEP = 2 * np.pi / 4096
 
 
 def _rotation(ax_deg=15.0, az_deg=10.0):
@@ -161,7 +164,7 @@ def test_siemens_separate_series_round_trip(tmp_path):
     d = read_dicom_series(_siemens(tmp_path, rng, mag, phase))
     assert d.magnitude.shape == SHAPE + (3,)
     np.testing.assert_allclose(d.magnitude, np.round(mag), atol=1e-3)
-    assert _phase_err(d.phase, phase) <= np.pi / 4096 + 1e-6
+    assert _phase_err(d.phase, phase) <= SIEMENS_STEP + 1e-6
     assert d.phase.min() >= -np.pi and d.phase.max() <= np.pi
     assert d.field_strength == pytest.approx(3.0)
     _check_geometry(d)
@@ -223,3 +226,15 @@ def test_bad_folders(tmp_path):
                   image_type=["ORIGINAL", "PRIMARY", "M", "ND"])
     with pytest.raises(ValueError, match="need magnitude and phase"):
         read_dicom_series(tmp_path / "magonly")
+
+
+def test_split_series_with_an_extra_series_needs_series_option(tmp_path):
+    rng = np.random.default_rng(5)
+    mag, phase = _truth(rng)
+    folder = _siemens(tmp_path, rng, mag, phase)
+    _ge(folder, rng, mag, phase, uid="1.2.3.99", number=99)  # another acquisition beside
+    with pytest.raises(ValueError, match="holds 3 series"):
+        read_dicom_series(folder)
+    d = read_dicom_series(folder, series=[5, 6])  # magnitude and phase series by number
+    np.testing.assert_allclose(d.magnitude, np.round(mag), atol=1e-3)
+    assert _phase_err(d.phase, phase) <= SIEMENS_STEP + 1e-6
