@@ -427,8 +427,7 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
         "localfield": result.local_field,
     }
     common = {
-        "GeneratedBy": [{"Name": "metaqsm", "Version": __version__,
-                         "CodeURL": "https://github.com/metaqsm/metaqsm"}],
+        "GeneratedBy": [{"Name": "metaqsm", "Version": __version__}],
         "EchoTime": [float(t) for t in result.echo_times],
         "MagneticFieldStrength": float(result.field_strength),
         "VoxelSize": [float(v) for v in result.voxel_size],
@@ -438,7 +437,7 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
     stage_of = {"chimap": ("mask", "fit-echoes", "bgremove", "inversion"),
                 "mask": ("mask",), "eroded_mask": ("mask", "bgremove"),
                 "fieldmap": ("mask", "fit-echoes"), "noise": ("mask", "fit-echoes"),
-                "localfield": ("mask", "fit-echoes", "bgremove"), }
+                "localfield": ("mask", "fit-echoes", "bgremove")}
 
     staging = Path(tempfile.mkdtemp(prefix=".metaqsm-", dir=out_dir))
     staged = []

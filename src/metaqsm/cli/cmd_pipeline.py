@@ -403,8 +403,11 @@ def run_run(args):
     from ..inversion import get_method as get_inv
 
     get_bg(args.bgremove)
-    if args.method not in ("meta", "mesa"):
-        get_inv(args.method)
+    try:
+        get_inv(args.method)  # fails before any work on an unknown or unavailable method
+    except ImportError as exc:
+        raise ValueError(f"--method {args.method} is not available: {exc} (the networks need "
+                         "the deep-learning extra: pip install 'metaqsm[dl]')") from None
     hint = args.dicom if args.dicom is not None else args.phase[0]
     subject, session = _run_outputs(args, hint)
     _exists(args.mask, "--mask")
