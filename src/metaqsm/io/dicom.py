@@ -20,8 +20,8 @@ Echo times come from ``EchoTime`` (ms, converted to s), the field strength from
 ``ImagePositionPatient`` and ``PixelSpacing``; slices are ordered by their position along the
 slice normal (not by file name or instance number), and the slice spacing is measured from the
 positions (not ``SliceThickness``). DICOM's patient coordinates are LPS; the affine returned is
-RAS+ as in NIfTI. Enhanced (multi-frame) DICOM is refused with a message: convert it with
-dcm2niix first.
+RAS+ as in NIfTI. Enhanced (multi-frame) DICOM is refused with a message, and Siemens mosaic
+images (several slices tiled in one image) are not split: convert either with dcm2niix first.
 
 References
 ----------
