@@ -24,7 +24,9 @@ REGULARISERS = ("identity", "gradient", "laplacian")
 
 
 def _kdiv(field, mask, voxel_size, b0_dir, pad, inverse_kernel):
-    """chi = mask * crop(IFFT(K * FFT(pad(field * mask)))) with K = inverse_kernel(D, shape, vsz)."""
+    """chi = mask * crop(IFFT(K * FFT(pad(field * mask)))), K = inverse_kernel(D, shape, vsz).
+
+    ``inverse_kernel`` may overwrite D (it is not used afterwards)."""
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
     shape = _common.padded(f.shape, pad)
     D = dipole_kernel(shape, voxel_size=vsz, b0_dir=b)
@@ -177,7 +179,8 @@ def tikhonov(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-2, regul
     """
     lam = as_positive(lam, "lam")
     if regulariser not in REGULARISERS:
-        raise ValueError(f"regulariser must be one of {', '.join(REGULARISERS)}, got {regulariser!r}")
+        raise ValueError(f"regulariser must be one of {', '.join(REGULARISERS)}, "
+                         f"got {regulariser!r}")
 
     def inverse(D, shape, vsz):
         if regulariser == "identity":

@@ -121,7 +121,8 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
         if mag.ndim == 4:  # echoes on the last axis: root-sum-of-squares, as the toolbox
             mag = np.sqrt(np.sum(np.square(mag, dtype=np.float32), axis=-1))
         if mag.shape != f.shape:
-            raise ValueError(f"magnitude must have the shape of the field {f.shape}, got {mag.shape}")
+            raise ValueError(f"magnitude must have the shape of the field {f.shape}, "
+                             f"got {mag.shape}")
         if np.any(mag < 0):
             raise ValueError("magnitude must be non-negative")
 
@@ -131,7 +132,8 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
 
     shape = _common.padded(f.shape, pad)
     rdf = _common.pad(f * np.float32(scale), shape)
-    m2 = _common.pad(wdata * wdata, shape)  # |W exp(i D chi)|^2 = W^2
+    # 2 lam |W exp(i D chi)|^2 = 2 lam W^2: the data term's weight in the normal equations
+    m2 = _common.pad(np.float32(2.0 * lam) * wdata * wdata, shape)
     wg = np.ones((3,) + shape, np.float32)  # outside the volume (padding): no edges
     wg[(slice(None),) + tuple(slice(0, n) for n in f.shape)] = wgrad
     del wdata, wgrad
@@ -153,7 +155,6 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
         out = np.empty(shape, np.float32)
         return _common.weighted_div_grad_into(dx, vr, out, tmp)
 
-    two_lam = np.float32(2.0 * lam)
     x = np.zeros(shape, np.float32)
     bar = _common.progress_bar(max_iter, progress, "medi")
     try:
@@ -171,16 +172,13 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
             np.sin(dphi, out=dphi)
             dphi *= m2
             rhs = neg_reg(x, vr)  # -b of the toolbox: -(reg(x) + 2 lam D(W^2 sin(D x - f)))
-            t = conv(dphi)
-            t *= two_lam
-            rhs -= t
-            del dphi, t
+            rhs -= conv(dphi)
+            del dphi
 
             def apply_a(v):
                 t = conv(v)
                 t *= m2
                 out = conv(t)
-                out *= two_lam
                 out -= neg_reg(v, vr)
                 return out
 
