@@ -333,6 +333,11 @@ def test_cli_synth_round_trip_resume_and_errors(tmp_path, monkeypatch, capsys):
     with h5py.File(partial, "r") as f:
         assert f.attrs["done"] == 3
     monkeypatch.setattr(cmd_synth, "_work", real_work)
+    from metaqsm.cli import main
+    other = ["synth", "-n", "5", "-o", str(tmp_path / "data"), "--seed", "4", "--split", "0.8",
+             "--patch", "16", "16", "8", "--dtype", "float32"]
+    assert main(other) == 2
+    assert "cannot resume" in capsys.readouterr().err
     assert _synth(tmp_path) == 0
     assert "resuming at sample 3" in capsys.readouterr().err
     out = tmp_path / "data"
@@ -354,7 +359,10 @@ def test_cli_synth_round_trip_resume_and_errors(tmp_path, monkeypatch, capsys):
     assert _synth(tmp_path, "--force", "--dtype", "float16") == 0
     with h5py.File(out / "synth.h5", "r") as f:
         assert f["train/chi"].dtype == np.float16
-    from metaqsm.cli import main
+    assert main(["synth", "-n", "2", "-o", str(tmp_path / "all"), "--split", "1",
+                 "--patch", "16", "16", "8"]) == 0
+    with h5py.File(tmp_path / "all" / "synth.h5", "r") as f:
+        assert f["train/field"].shape[0] == 2 and f["val/field"].shape[0] == 0
     assert main(["synth", "-n", "0", "-o", str(tmp_path / "x")]) == 2
     assert "-n must be at least 1" in capsys.readouterr().err
     assert main(["synth", "-n", "2", "-o", str(tmp_path / "x"), "--seed", "1000000"]) == 2

@@ -133,11 +133,12 @@ def _create(path, fingerprint, config, counts, dtype, compression):
         for name, n in counts.items():
             g = f.create_group(name)
             for key, dt in (("field", dtype), ("chi", dtype), ("mask", "uint8")):
+                # maxshape: a chunk may then exceed an empty group (--split 1)
                 g.create_dataset(key, shape=(n,) + shape, dtype=dt, chunks=(1,) + shape,
-                                 compression=comp)
-            g.create_dataset("voxel_size", shape=(n, 3), dtype="float32")
-            g.create_dataset("b0_dir", shape=(n, 3), dtype="float32")
-            g.create_dataset("index", shape=(n,), dtype="int64")
+                                 maxshape=(None,) + shape, compression=comp)
+            g.create_dataset("voxel_size", shape=(n, 3), dtype="float32", maxshape=(None, 3))
+            g.create_dataset("b0_dir", shape=(n, 3), dtype="float32", maxshape=(None, 3))
+            g.create_dataset("index", shape=(n,), dtype="int64", maxshape=(None,))
 
 
 def run_synth(args):
@@ -183,8 +184,9 @@ def run_synth(args):
             same = False
         if not same:
             if not args.force:
-                raise FileExistsError(f"{partial} holds an unfinished data set with other "
-                                      "settings; use --force to discard it")
+                raise FileExistsError(f"{partial} holds an unfinished data set that this command "
+                                      "cannot resume (other settings, or damaged); use --force "
+                                      "to discard it")
             partial.unlink()
     if not partial.exists():
         _create(partial, fingerprint, config, counts, args.dtype, args.compression)
