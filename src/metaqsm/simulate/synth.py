@@ -1,6 +1,6 @@
 """Synthetic training data for the QSM networks: (local field, susceptibility, mask) patches.
 
-Meta-QSM (Zhang et al., section 2.1) trains only on synthetic data: one in-vivo susceptibility
+Meta-QSM (Koch KM et al., section 2.1) trains only on synthetic data: one in-vivo susceptibility
 map, elastically distorted, with random geometric "bleeds" and "calcifications", contrast
 changes, a random voxel size in (0.5-1.0, 0.5-1.0, 2.0-4.0) mm and the local field from the
 forward dipole model, cropped to 128 x 128 x 64. We have no in-vivo map to ship, so the base maps
@@ -34,8 +34,8 @@ with the very discretisation the network inverts (Kaipio & Somersalo 2007).
 
 References
 ----------
-Zhang J, Liu Z, Zhang S, et al. Meta-QSM: an image-resolution-arbitrary network for QSM
-reconstruction. arXiv 2020 (the paper this package implements).
+Meta-QSM: an image-resolution-arbitrary network for QSM reconstruction (Koch KM et al.,
+Medical College of Wisconsin; the paper this package implements).
 Bollmann S, Rasmussen KGB, Kristensen M, et al. DeepQSM - using deep learning to solve the dipole
 inversion for quantitative susceptibility mapping. NeuroImage 2019;195:373-383.
 Simard PY, Steinkraus D, Platt JC. Best practices for convolutional neural networks applied to
@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
@@ -82,10 +82,6 @@ _PADS = ("none", "auto")
 _MAX_PLACEMENT_TRIES = 30
 
 
-def _pair(lo, hi):
-    return dc_field(default=(lo, hi))
-
-
 @dataclass
 class SynthConfig:
     """Every parameter of the synthetic data generator (defaults: the Meta-QSM paper's setting).
@@ -109,36 +105,36 @@ class SynthConfig:
     # geometric augmentation
     rotation_deg: float = 15.0  # degrees, uniform in +-rotation_deg about each axis
     flip_prob: tuple = (0.5, 0.5, 0.2)  # probability of flipping each axis
-    scale_range: tuple = _pair(0.85, 1.15)  # brain size factor per axis
+    scale_range: tuple = (0.85, 1.15)  # brain size factor per axis
     elastic_sigma_mm: float = 12.0  # mm, smoothness of the elastic displacement (Simard sigma)
     elastic_alpha_mm: float = 3.0  # mm, RMS of the elastic displacement
     # tissue values and contrast (ppm)
-    wm_range: tuple = _pair(-0.06, -0.01)  # ppm, white matter
-    cortex_range: tuple = _pair(-0.01, 0.04)  # ppm, cortical grey matter
-    deep_range: tuple = _pair(0.02, 0.2)  # ppm, each deep grey nucleus
-    deep_gradient_range: tuple = _pair(0.0, 0.1)  # ppm, extra iron at the nuclei's cores
-    texture_range: tuple = _pair(0.0, 0.01)  # ppm, standard deviation of smooth texture
+    wm_range: tuple = (-0.06, -0.01)  # ppm, white matter
+    cortex_range: tuple = (-0.01, 0.04)  # ppm, cortical grey matter
+    deep_range: tuple = (0.02, 0.2)  # ppm, each deep grey nucleus
+    deep_gradient_range: tuple = (0.0, 0.1)  # ppm, extra iron at the nuclei's cores
+    texture_range: tuple = (0.0, 0.01)  # ppm, standard deviation of smooth texture
     texture_scale_mm: float = 2.0  # mm, correlation length of the texture
-    gamma_range: tuple = _pair(0.7, 1.4)  # gamma of the sign-keeping intensity change
-    global_scale_range: tuple = _pair(0.6, 1.6)  # factor on the tissue contrast
+    gamma_range: tuple = (0.7, 1.4)  # gamma of the sign-keeping intensity change
+    global_scale_range: tuple = (0.6, 1.6)  # factor on the tissue contrast
     # veins
-    vein_count: tuple = _pair(0, 12)  # veins per sample (inclusive)
-    vein_value_range: tuple = _pair(0.15, 0.6)  # ppm
-    vein_radius_range: tuple = _pair(0.3, 1.5)  # mm
-    vein_length_range: tuple = _pair(15.0, 80.0)  # mm
+    vein_count: tuple = (0, 12)  # veins per sample (inclusive)
+    vein_value_range: tuple = (0.15, 0.6)  # ppm
+    vein_radius_range: tuple = (0.3, 1.5)  # mm
+    vein_length_range: tuple = (15.0, 80.0)  # mm
     # lesions
-    bleed_count: tuple = _pair(0, 2)  # bleeds per sample (inclusive)
-    bleed_value_range: tuple = _pair(0.2, 1.5)  # ppm, paramagnetic
-    bleed_radius_range: tuple = _pair(1.0, 12.0)  # mm, semi-axes
-    calcification_count: tuple = _pair(0, 2)  # calcifications per sample (inclusive)
-    calcification_value_range: tuple = _pair(-1.0, -0.1)  # ppm, diamagnetic
-    calcification_radius_range: tuple = _pair(0.5, 5.0)  # mm, semi-axes
+    bleed_count: tuple = (0, 2)  # bleeds per sample (inclusive)
+    bleed_value_range: tuple = (0.2, 1.5)  # ppm, paramagnetic
+    bleed_radius_range: tuple = (1.0, 12.0)  # mm, semi-axes
+    calcification_count: tuple = (0, 2)  # calcifications per sample (inclusive)
+    calcification_value_range: tuple = (-1.0, -0.1)  # ppm, diamagnetic
+    calcification_radius_range: tuple = (0.5, 5.0)  # mm, semi-axes
     # geometric scenes
-    shape_count: tuple = _pair(10, 50)  # shapes per geometric scene (inclusive)
-    shape_value_range: tuple = _pair(-0.15, 0.3)  # ppm
-    shape_radius_range: tuple = _pair(2.0, 25.0)  # mm, semi-axes
+    shape_count: tuple = (10, 50)  # shapes per geometric scene (inclusive)
+    shape_value_range: tuple = (-0.15, 0.3)  # ppm
+    shape_radius_range: tuple = (2.0, 25.0)  # mm, semi-axes
     # field and crop
-    field_noise_range: tuple = _pair(0.0, 0.003)  # ppm, standard deviation of the field noise
+    field_noise_range: tuple = (0.0, 0.003)  # ppm, standard deviation of the field noise
     reduction: str = "block"  # "block" (area average) or "kspace" (spectrum truncation)
     min_brain_fraction: float = 0.5  # of the patch in the brain, or of the brain in the patch
 
