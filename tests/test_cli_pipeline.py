@@ -233,6 +233,23 @@ def test_example_command(tmp_path, capsys):
     assert main(["example", "-o", str(out), "--shape", "48", "48", "32", "--quiet"]) == 2
 
 
+def test_simulated_b0_direction_reaches_run(sim_dir, tmp_path, capsys):
+    """`simulate --b0-dir` off the affine's z: the sidecar carries it and `run` uses it."""
+    b0 = (0.0, 0.34, 0.94)
+    assert main(["simulate", str(sim_dir / "chi.nii.gz"), "--mask", str(sim_dir / "mask.nii.gz"),
+                 "-o", str(tmp_path / "s"), "--b0-dir", *map(str, b0), "--snr", "0",
+                 "--output-voxel-size", "3", "3", "4", "--reduce", "block"]) == 0
+    assert "B0Direction" in capsys.readouterr().out
+    mag = tmp_path / "s" / "sub-01_part-mag_MEGRE.nii.gz"
+    assert nib.load(str(mag)).header.get_zooms()[:3] == (3.0, 3.0, 4.0)
+    phase = tmp_path / "s" / "sub-01_part-phase_MEGRE.nii.gz"
+    assert main(["run", "--magnitude", str(mag), "--phase", str(phase), "--method", "tkd", "--bgremove-option", "radius=4", "-o", str(tmp_path / "o"),
+                 "--quiet", "--no-figure"]) == 0
+    side = json.loads((tmp_path / "o" / "sub-01_Chimap.json").read_text())
+    assert side["Inputs"]["B0DirectionSource"] == "JSON sidecar"
+    np.testing.assert_allclose(side["B0Direction"], np.asarray(b0) / np.linalg.norm(b0), atol=1e-6)
+
+
 def test_run_does_not_import_torch(sim_dir, tmp_path):
     import subprocess
     import sys

@@ -52,6 +52,11 @@ STAGES = ("mask", "fit-echoes", "bgremove", "inversion")
 _PHASE_TOL = 1e-3  # rad: float32 rounding of +-pi from converters
 _PHASE_MIN_SPAN = 0.05  # rad: real phase images reach far beyond this (noise, fields, offsets)
 
+def _fmt(values):
+    """``(1.0, 1.0, 2.5)`` for messages (plain floats, not numpy reprs)."""
+    return "(" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + ")"
+
+
 
 @dataclass
 class PipelineResult:
@@ -168,12 +173,12 @@ def check_inputs(magnitude, phase, echo_times, field_strength):
         raise ValueError(f"echo_times has {tes.size} values but the phase has {ph.shape[-1]} "
                          f"echoes (shape {ph.shape})")
     if not np.all(np.isfinite(tes)) or np.any(tes <= 0):
-        raise ValueError(f"echo_times must be positive seconds, got {tuple(tes)}")
+        raise ValueError(f"echo_times must be positive seconds, got {_fmt(tes)}")
     if np.any(tes > 1.0):
-        raise ValueError(f"echo_times must be in seconds, got {tuple(tes)} (milliseconds? "
+        raise ValueError(f"echo_times must be in seconds, got {_fmt(tes)} (milliseconds? "
                          "divide by 1000)")
     if np.any(np.diff(tes) <= 0):
-        raise ValueError(f"echo_times must be strictly increasing, got {tuple(tes)}")
+        raise ValueError(f"echo_times must be strictly increasing, got {_fmt(tes)}")
     if np.any(mag < 0):
         raise ValueError("magnitude must be non-negative")
     check_phase_radians(ph)

@@ -391,6 +391,7 @@ def _run_outputs(args, subject_hint):
 
 
 def run_run(args):
+    from .._validate import as_b0_dir
     from ..pipeline import check_inputs, run_pipeline, write_outputs
 
     if args.dicom is None and (args.magnitude is None or args.phase is None):
@@ -431,6 +432,12 @@ def run_run(args):
         mag, ph, tes, b0, ph_vol, inputs = _acquisition_from_nifti(args)
         affine, header = ph_vol.affine, ph_vol.header
         vsz, b0_dir = _common.geometry(ph_vol, args)
+        side_b0 = read_sidecar(args.phase[0]).get("B0Direction")
+        if args.b0_dir is None and side_b0 is not None:
+            # metaqsm's own sidecars (e.g. from `metaqsm simulate --b0-dir`) record a B0
+            # direction that the affine may not encode
+            b0_dir = as_b0_dir(side_b0, "B0Direction of the phase sidecar")
+            inputs["B0DirectionSource"] = "JSON sidecar"
     mag, ph, tes, b0 = check_inputs(mag, ph, tes, b0)
     mask = None
     if args.mask is not None:
@@ -558,6 +565,11 @@ def run_simulate(args):
                             "shim_order": args.shim_order,
                             "seed": args.seed}}
     paths = write_simulation(acq, out, subject=subject, force=args.force, extra=extra)
+    from ..io import b0_dir_from_affine
+
+    if abs(float(np.dot(b0_dir_from_affine(chi_vol.affine), acq.b0_dir))) < 1 - 1e-6:
+        print("metaqsm simulate: note: B0 is not along the affine's scanner z axis; the sidecars "
+              "record B0Direction, which metaqsm run uses")
     print(f"metaqsm simulate: {'x'.join(map(str, acq.phase.shape))} at "
           f"{'x'.join(f'{v:g}' for v in acq.voxel_size)} mm -> {paths['magnitude'].parent}/")
     return 0

@@ -68,6 +68,11 @@ _R2STAR = {"csf": 5.0, "skull": 300.0, "scalp": 30.0}
 _R2STAR_BRAIN = 15.0        # 1/s at 3 T, tissue without iron
 _R2STAR_PER_PPM = 150.0     # 1/s per ppm of |chi| at 3 T (iron, calcium, deoxyhaemoglobin)
 
+def _fmt(values):
+    """``(1.0, 1.0, 2.5)`` for messages (plain floats, not numpy reprs)."""
+    return "(" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + ")"
+
+
 
 @dataclass
 class Acquisition:
@@ -264,15 +269,15 @@ def _reduce_shape(shape, vsz, out_vsz, method):
         if np.any(factors < 1) or np.any(np.abs(ratio - factors) > 1e-3 * ratio):
             raise ValueError(
                 "reduce='block' needs output_voxel_size to be an integer multiple of voxel_size, "
-                f"got {tuple(out_vsz)} mm for {tuple(vsz)} mm; use reduce='kspace'")
+                f"got {_fmt(out_vsz)} mm for {_fmt(vsz)} mm; use reduce='kspace'")
         out = np.asarray(shape) // factors
         if np.any(out < 1):
-            raise ValueError(f"output_voxel_size {tuple(out_vsz)} mm is larger than the volume")
+            raise ValueError(f"output_voxel_size {_fmt(out_vsz)} mm is larger than the volume")
     else:
         raise ValueError(f"reduce must be one of 'kspace', 'block', got {method!r}")
     if np.any(factors < 1 - 1e-6):
-        raise ValueError(f"output_voxel_size {tuple(out_vsz)} mm must not be finer than the "
-                         f"input voxel size {tuple(vsz)} mm (the simulation cannot add detail)")
+        raise ValueError(f"output_voxel_size {_fmt(out_vsz)} mm must not be finer than the "
+                         f"input voxel size {_fmt(vsz)} mm (the simulation cannot add detail)")
     return tuple(int(n) for n in out), factors
 
 
@@ -461,7 +466,7 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     if tes.size < 1 or not np.all(np.isfinite(tes)) or np.any(tes <= 0):
         raise ValueError(f"echo_times must be positive seconds, got {tuple(np.asarray(echo_times).ravel())}")
     if np.any(tes > 1.0):
-        raise ValueError(f"echo_times must be in seconds, got {tuple(tes)} (milliseconds?)")
+        raise ValueError(f"echo_times must be in seconds, got {_fmt(tes)} (milliseconds?)")
     b0_t = as_positive(field_strength, "field_strength")
     if snr is not None and np.isfinite(float(snr)):
         snr = as_positive(snr, "snr")
