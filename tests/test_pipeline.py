@@ -21,10 +21,11 @@ ACCEPTANCE_METHOD = "tkd"
 # Measured bounds (see docs/pipeline.md): the issue asks for a local-field NRMSE below 25 % and
 # a susceptibility NRMSE within 1.25x of inverting the true local field. RESHARP alone, applied
 # to the exact local field of FANSI without any background or noise, already gives 24-25 %
-# (its smooth, harmonic error near the eroded edge), so the whole pipeline lands at 31-34 %;
-# the bounds below keep a margin over the measured values and fail on any regression.
-LOCAL_BOUND = 40.0
-RATIO_BOUND = 1.35
+# (its smooth, harmonic error near the eroded edge); with the analytic-ball SMV high-pass the
+# whole pipeline measures 25.5-27.2 % and ratios 1.19-1.20. The ratio bound is the issue's; the
+# local-field bound keeps a small margin over the measured values (the 25 % target is not met).
+LOCAL_BOUND = 30.0
+RATIO_BOUND = 1.25
 
 
 @pytest.fixture(scope="module")

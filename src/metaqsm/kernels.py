@@ -157,17 +157,25 @@ def dipole_kernel(shape, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), method="kspace",
     raise ValueError(f"method must be one of 'kspace', 'ispace', got {method!r}")
 
 
-def smv_kernel(shape, *, voxel_size, radius, rfft=True, dtype=np.float32):
+def smv_kernel(shape, *, voxel_size, radius, method="voxel", rfft=True, dtype=np.float32):
     """Fourier transform of the normalised spherical-mean-value (SMV) kernel.
 
-    The kernel is the indicator of the voxels whose centres lie within ``radius`` mm of the
-    origin, divided by its number of voxels, on the periodic grid of ``shape``. Its spectrum is
-    real (the kernel is symmetric) and equals 1 at k = 0. ``1 - S`` is the SHARP high-pass.
+    Its spectrum is real (the kernel is symmetric) and equals 1 at k = 0. ``1 - S`` is the
+    SHARP high-pass.
 
     Parameters
     ----------
     radius : float
         Sphere radius in mm. At least one voxel centre besides the origin must fall inside.
+    method : {"voxel", "analytic"}
+        ``"voxel"``: the indicator of the voxels whose centres lie within ``radius`` mm of the
+        origin, divided by its number of voxels, on the periodic grid (its support is exact, so
+        it also serves for mask erosion). ``"analytic"``: the spectrum of the continuous ball,
+        ``3 (sin q - q cos q) / q^3`` with ``q = 2 pi |k| r``. On anisotropic voxels the
+        voxelised sphere's second moments differ between axes by several percent, so a strong
+        background field leaks through ``1 - S``; the analytic ball is isotropic in physical
+        space (the leak of a background 15-50x the local field fell from about 23% to 2% of the
+        local field in the pipeline engineer's test on 1 x 1 x 2 mm voxels).
 
     References
     ----------
@@ -179,7 +187,16 @@ def smv_kernel(shape, *, voxel_size, radius, rfft=True, dtype=np.float32):
     r = as_positive(radius, "radius")
     sphere = _sphere_on_grid(shape, vsz, r)
     if sphere.sum() < 2:
-        raise ValueError(f"radius {r} mm is smaller than the voxel size {tuple(vsz)} mm")
+        raise ValueError(f"radius {r} mm is smaller than the voxel size {tuple(float(v) for v in vsz)} mm")
+    if method == "analytic":
+        ks = kspace_coordinates(shape, vsz, rfft=rfft)
+        q = 2.0 * np.pi * r * np.sqrt(ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            S = 3.0 * (np.sin(q) - q * np.cos(q)) / q ** 3
+        S[0, 0, 0] = 1.0
+        return S.astype(dtype, copy=False)
+    if method != "voxel":
+        raise ValueError(f"method must be one of 'voxel', 'analytic', got {method!r}")
     sphere = sphere / sphere.sum()
     if rfft:
         S = sfft.rfftn(sphere, workers=WORKERS).real

@@ -46,7 +46,7 @@ def _eroded_or_fail(me, radius):
     return me
 
 
-def sharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=None, threshold=0.05):
+def sharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=None, threshold=0.05, smv="analytic"):
     """SHARP: sophisticated harmonic artifact reduction for phase data.
 
     The total field is high-pass filtered with ``delta - S`` (``S`` the normalised sphere of
@@ -67,6 +67,11 @@ def sharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=None, thres
         Sphere radius in mm. Default ``18 * min(voxel_size)``, as QSM.jl.
     threshold : float
         Truncation level of the deconvolution (default 0.05).
+    smv : {"analytic", "voxel"}
+        Spectrum of the spherical mean used in the high-pass (see
+        :func:`metaqsm.kernels.smv_kernel`): the continuous ball (default; isotropic in mm, so
+        a strong background does not leak through on anisotropic voxels) or the voxelised
+        sphere. Mask erosion always uses the voxelised sphere.
 
     Returns
     -------
@@ -89,7 +94,7 @@ def sharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=None, thres
     S = smv_kernel(grid.shape, voxel_size=vsz, radius=r)
     me = _eroded_or_fail(smv_erode(fft_of(grid.to_grid(mask)), S, grid.shape,
                                    sphere_count(vsz, r)), r)
-    hp = 1.0 - S
+    hp = 1.0 - smv_kernel(grid.shape, voxel_size=vsz, radius=r, method=smv)
     g = ifft_of(fft_of(f) * hp, grid.shape) * me
     inv = np.where(np.abs(hp) < thr, 0.0, 1.0 / np.where(hp == 0, 1.0, hp)).astype(np.float32)
     local = ifft_of(fft_of(g.astype(np.float32)) * inv, grid.shape) * me
@@ -103,7 +108,7 @@ def _default_radii(vsz):
     return radii if radii.size else np.array([max(hi, lo)])
 
 
-def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, threshold=0.05):
+def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, threshold=0.05, smv="analytic"):
     """V-SHARP: SHARP with a sphere that shrinks towards the brain boundary.
 
     For each radius from the largest to the smallest, voxels that enter the mask eroded by that
@@ -125,6 +130,11 @@ def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, thres
         (on the test phantom: local-field NRMSE 0.21 against 0.29 with QSM.jl's radii).
     threshold : float
         Truncation level of the deconvolution (default 0.05).
+    smv : {"analytic", "voxel"}
+        Spectrum of the spherical mean used in the high-pass (see
+        :func:`metaqsm.kernels.smv_kernel`): the continuous ball (default; isotropic in mm, so
+        a strong background does not leak through on anisotropic voxels) or the voxelised
+        sphere. Mask erosion always uses the voxelised sphere.
 
     Returns
     -------
@@ -157,7 +167,7 @@ def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, thres
     for r in rs:
         S = smv_kernel(grid.shape, voxel_size=vsz, radius=r)
         me = smv_erode(M, S, grid.shape, sphere_count(vsz, r))
-        hp = 1.0 - S
+        hp = 1.0 - smv_kernel(grid.shape, voxel_size=vsz, radius=r, method=smv)
         if inv is None:
             inv = np.where(np.abs(hp) < thr, 0.0, 1.0 / np.where(hp == 0, 1.0, hp)).astype(np.float32)
         new = me & ~prev
@@ -170,7 +180,7 @@ def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, thres
 
 
 def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_reg=1e-4,
-            tol=1e-3, max_iter=100):
+            tol=1e-3, max_iter=100, smv="analytic"):
     """RESHARP: SHARP with Tikhonov regularisation, solved by conjugate gradients.
 
     Solves ``min_x ||M C (x - f)||^2 + tik_reg ||x||^2`` for the local field ``x``, with
@@ -195,6 +205,11 @@ def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_
         0.2 % of the converged solution on a 256 x 256 x 64 brain, in about 20 FFT pairs).
     max_iter : int
         Maximum number of CG iterations (default 100).
+    smv : {"analytic", "voxel"}
+        Spectrum of the spherical mean used in the high-pass (see
+        :func:`metaqsm.kernels.smv_kernel`): the continuous ball (default; isotropic in mm, so
+        a strong background does not leak through on anisotropic voxels) or the voxelised
+        sphere. Mask erosion always uses the voxelised sphere.
 
     Returns
     -------
@@ -218,7 +233,7 @@ def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_
     S = smv_kernel(shape, voxel_size=vsz, radius=r)
     me = _eroded_or_fail(smv_erode(fft_of(grid.to_grid(mask)), S, shape, sphere_count(vsz, r)), r)
     mef = me.astype(np.float32)
-    hp = (1.0 - S).astype(np.float32)
+    hp = (1.0 - smv_kernel(shape, voxel_size=vsz, radius=r, method=smv)).astype(np.float32)
     hp2 = hp * hp
     pre = (1.0 / (hp2 + np.float32(1e-2))).astype(np.float32)
 
