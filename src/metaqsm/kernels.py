@@ -113,7 +113,10 @@ def dipole_kernel(shape, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), method="kspace",
     vsz = as_voxel_size(voxel_size)
     b = as_b0_dir(b0_dir)
     if method == "kspace":
-        ks = kspace_coordinates(shape, vsz, rfft=rfft)
+        # float32 arithmetic on the broadcast grid (the kernel is stored in float32 anyway):
+        # about twice as fast as float64 for large grids.
+        ks = tuple(k.astype(np.float32) for k in kspace_coordinates(shape, vsz, rfft=rfft))
+        b = b.astype(np.float32)
         k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
         # (k.b)^2 expanded; on an even grid the Nyquist sample stands for both +k and -k, so
         # the cross terms k_i k_j (odd in k_i) average to zero there: dropping them keeps the
@@ -128,9 +131,9 @@ def dipole_kernel(shape, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), method="kspace",
         kb2 = sum((b[i] * ks[i]) ** 2 for i in range(3))
         for i in range(3):
             for j in range(i + 1, 3):
-                kb2 = kb2 + 2.0 * b[i] * b[j] * kc[i] * kc[j]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            D = 1.0 / 3.0 - kb2 / k2
+                kb2 = kb2 + np.float32(2.0) * b[i] * b[j] * kc[i] * kc[j]
+        k2[0, 0, 0] = 1.0
+        D = np.float32(1.0 / 3.0) - kb2 / k2
         D[0, 0, 0] = 0.0
         return D.astype(dtype, copy=False)
     if method == "ispace":

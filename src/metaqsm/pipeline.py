@@ -40,7 +40,7 @@ __all__ = [
     "output_paths",
 ]
 
-DEFAULT_INVERSION = "ilsqr"
+from .inversion import DEFAULT_METHOD as DEFAULT_INVERSION  # noqa: E402  (one default)
 """Inversion used by :func:`run_pipeline` and ``metaqsm run`` (becomes "meta" once the network
 ships)."""
 DEFAULT_BGREMOVE = "resharp"

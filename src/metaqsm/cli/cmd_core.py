@@ -22,7 +22,7 @@ from ..io.derivatives import sidecar_path
 from . import _common
 
 # The method `metaqsm invert` uses without --method (becomes "meta" once the shipped network lands).
-DEFAULT_METHOD = "ilsqr"
+from ..inversion import DEFAULT_METHOD  # noqa: E402  (one default for every command)
 
 # CLI option dest -> (flag, names the inversion's keyword may have). Only the options the chosen
 # method's signature accepts are passed; setting any other one is an error.

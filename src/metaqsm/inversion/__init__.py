@@ -25,6 +25,10 @@ METHODS = {
 
 CLASSICAL = ("tkd", "tsvd", "tikhonov", "ilsqr", "medi", "tv")
 
+DEFAULT_METHOD = "ilsqr"
+"""The inversion used when none is named (``metaqsm invert``, ``metaqsm run``): iLSQR until the
+shipped Meta-QSM model reaches its targets (issue 6), then "meta"."""
+
 
 def get_method(name):
     """Return the inversion function registered as ``name``.
@@ -43,4 +47,4 @@ def __getattr__(name):  # lazy access: metaqsm.inversion.tkd etc.
     raise AttributeError(f"module 'metaqsm.inversion' has no attribute {name!r}")
 
 
-__all__ = ["METHODS", "CLASSICAL", "get_method", *METHODS]
+__all__ = ["METHODS", "CLASSICAL", "DEFAULT_METHOD", "get_method", *METHODS]
