@@ -27,7 +27,7 @@ def check_inputs(field, mask, voxel_size, b0_dir):
     m = as_mask(mask, f.shape, "mask")
     vsz = as_voxel_size(voxel_size)
     b = as_b0_dir(b0_dir)
-    f = np.where(m, f, np.float32(0)).astype(np.float32, copy=False)
+    f = np.multiply(f, m, dtype=np.float32)  # a new array (faster than np.where)
     return f, m, vsz, b
 
 
