@@ -293,5 +293,8 @@ class DoubleConv(nn.Module):
         self.norm2 = nn.BatchNorm3d(out_channels)
 
     def forward(self, x, geometry):
-        x = F.relu(self.norm1(self.conv1(x, geometry)), inplace=True)
+        # channels-last from here on: a 1-channel input is ambiguous, and the convolution of an
+        # ambiguous input returns NCDHW, which would keep the whole network off the faster layout
+        x = self.conv1(x, geometry).contiguous(memory_format=torch.channels_last_3d)
+        x = F.relu(self.norm1(x), inplace=True)
         return F.relu(self.norm2(self.conv2(x, geometry)), inplace=True)
