@@ -128,7 +128,7 @@ def test_initial_kernels_have_kaiming_scale():
     kaiming = math.sqrt(2.0 / (32 * 27))
     assert 0.75 * kaiming < float(w.detach().std()) < 1.15 * kaiming
     plain = Conv3d(32, 32, 3)
-    assert 0.9 * kaiming < float(plain.weight.std()) < 1.1 * kaiming
+    assert 0.9 * kaiming < float(plain.weight.detach().std()) < 1.1 * kaiming
 
 
 def test_gradients_reach_the_predictor():
