@@ -104,6 +104,7 @@ class Geometry:
     features : (batch, F) tensor of :func:`geometry_features`
     unique : (U, F) tensor, the distinct feature rows
     inverse : (batch,) long tensor, the row of ``unique`` of each sample
+    onehot : (batch, U) float tensor, ``inverse`` one-hot
     groups : list of U long tensors, the sample indices of each distinct geometry
 
     Raises
@@ -130,6 +131,12 @@ class Geometry:
         else:
             self.unique, self.inverse = torch.unique(self.features, dim=0, return_inverse=True)
         self.groups = [torch.nonzero(self.inverse == u).reshape(-1) for u in range(self.unique.shape[0])]
+        self.onehot = F.one_hot(self.inverse, self.unique.shape[0]).to(torch.float32)
+        # activations layout chosen by the network: channels-last for one geometry (fastest
+        # convolutions), NCDHW for mixed geometries (the grouped convolution folds the batch
+        # into the channels for free)
+        self.memory_format = (torch.channels_last_3d if len(self.groups) == 1
+                              else torch.contiguous_format)
 
     @classmethod
     def coerce(cls, voxel_size, b0_dir, x):
@@ -245,19 +252,20 @@ class WPConv3d(nn.Module):
         fmt = (torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d)
                else torch.contiguous_format)
         pad = self.kernel_size // 2
-        inv = geom.inverse.tolist()
-        # runs of consecutive samples with the same geometry, cut with torch.split: its backward
-        # is one concatenation (slicing or index_select would zero-fill and scatter a full-size
-        # gradient per run)
-        runs, start = [], 0
-        for i in range(1, len(inv) + 1):
-            if i == len(inv) or inv[i] != inv[start]:
-                runs.append((i - start, inv[start]))
-                start = i
-        parts = (x,) if len(runs) == 1 else torch.split(x, [n for n, _ in runs], dim=0)
-        outs = [F.conv3d(xs, w[u].contiguous(memory_format=fmt), None if b is None else b[u],
-                         padding=pad) for xs, (_, u) in zip(parts, runs)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+        if len(geom.groups) == 1:
+            return F.conv3d(x, w[0].contiguous(memory_format=fmt), None if b is None else b[0],
+                            padding=pad)
+        # mixed geometries: one grouped convolution, sample i convolved with its own kernel.
+        # The batch folds into the channels (a free view of an NCDHW tensor), so there is no
+        # split, concatenation or scatter in the forward or backward pass.
+        n, c = x.shape[:2]
+        # per-sample kernels by a one-hot product (its backward is a product too; the backward of
+        # index_select is a scatter-add, slow on the CPU)
+        onehot = geom.onehot.to(dtype=w.dtype)
+        ws = (onehot @ w.reshape(w.shape[0], -1)).reshape(n * self.out_channels, c, *w.shape[-3:])
+        bs = None if b is None else (onehot @ b).reshape(-1)
+        y = F.conv3d(x.contiguous().view(1, n * c, *x.shape[2:]), ws, bs, padding=pad, groups=n)
+        return y.view(n, self.out_channels, *y.shape[2:])
 
 
 class Conv3d(nn.Conv3d):
@@ -295,6 +303,7 @@ class DoubleConv(nn.Module):
     def forward(self, x, geometry):
         # channels-last from here on: a 1-channel input is ambiguous, and the convolution of an
         # ambiguous input returns NCDHW, which would keep the whole network off the faster layout
-        x = self.conv1(x, geometry).contiguous(memory_format=torch.channels_last_3d)
+        fmt = torch.channels_last_3d if geometry is None else geometry.memory_format
+        x = self.conv1(x, geometry).contiguous(memory_format=fmt)
         x = F.relu(self.norm1(x), inplace=True)
         return F.relu(self.norm2(self.conv2(x, geometry)), inplace=True)

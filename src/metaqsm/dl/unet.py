@@ -109,7 +109,7 @@ class _QSMUNet(nn.Module):
         h = x * self.input_scale
         if any(pad):
             h = F.pad(h, (0, pad[2], 0, pad[1], 0, pad[0]))
-        h = h.contiguous(memory_format=torch.channels_last_3d)
+        h = h.contiguous(memory_format=torch.channels_last_3d if geom is None else geom.memory_format)
         skips = []
         for level, block in enumerate(self.down):
             if level > 0:
