@@ -161,7 +161,8 @@ class WPConv3d(nn.Module):
     last hidden layer) keeps the parameter count near ``(basis + 1)`` times that of a plain
     convolution instead of the ``hidden * in * out * k^3`` of a Meta-SR predictor with a wide last
     layer. The kernel is predicted once per forward pass for each distinct geometry in the batch,
-    then applied by an ordinary convolution (one per distinct geometry).
+    then applied by an ordinary convolution; a batch that mixes geometries runs as one grouped
+    convolution (``groups = batch``), each sample with its own kernel.
 
     Parameters
     ----------
