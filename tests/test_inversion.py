@@ -237,8 +237,16 @@ def test_medi_data_weight():
     mag = np.full((6, 6, 6), 3.0)
     np.testing.assert_allclose(data_weight(mask, magnitude=mag)[mask], 1.0)
     np.testing.assert_array_equal(data_weight(mask), mask.astype(np.float32))
-    with pytest.raises(ValueError, match="noise_std must be positive"):
+    holes = noise.copy()
+    holes[2, 2, 2], holes[3, 3, 3] = 0.0, np.inf  # unreliable voxels: weight 0, as the toolbox
+    w = data_weight(mask, noise_std=holes)
+    assert w[2, 2, 2] == 0 and w[3, 3, 3] == 0 and w[1, 1, 1] > 0
+    with pytest.raises(ValueError, match="noise_std must be positive and finite in at least one"):
         data_weight(mask, noise_std=0.0)
+    with pytest.raises(ValueError, match="noise_std must not be negative"):
+        data_weight(mask, noise_std=-noise)
+    with pytest.raises(ValueError, match="noise_std must be a number or have the shape"):
+        data_weight(mask, noise_std=np.ones((2, 2)))
 
 
 def test_medi_with_magnitude_and_noise_map(case, results):
@@ -322,7 +330,7 @@ def test_bad_method_parameters():
         get_method("medi")(field, mask, magnitude=np.ones((8, 8, 7)), **GOOD)
     with pytest.raises(ValueError, match="magnitude must be non-negative"):
         get_method("medi")(field, mask, magnitude=-np.ones((8, 8, 8)), **GOOD)
-    with pytest.raises(ValueError, match="noise_std must be positive"):
+    with pytest.raises(ValueError, match="noise_std must be positive and finite in at least"):
         get_method("medi")(field, mask, noise_std=np.zeros((8, 8, 8)), **GOOD)
     with pytest.raises(ValueError, match="delta_te must be positive"):
         get_method("medi")(field, mask, delta_te=0, **GOOD)

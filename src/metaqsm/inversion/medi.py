@@ -57,8 +57,8 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
         comes from the field itself and the data weight is uniform.
     noise_std : float, (X, Y, Z) array or None
         Standard deviation of the field noise (ppm; only relative values matter): the data
-        weight is ``1 / noise_std`` normalised to mean 1 in the mask (the toolbox's
-        ``dataterm_mask``, mode 1). Takes precedence over ``magnitude`` for the weight.
+        weight is ``1 / noise_std`` (0 where it is 0 or not finite) normalised to mean 1 in the
+        mask (the toolbox's ``dataterm_mask``, mode 1). Takes precedence over ``magnitude`` for the weight.
     lam : float
         Weight of the data term (toolbox units). Default 1000, the toolbox's default and the
         value the Meta-QSM paper used.
@@ -92,8 +92,9 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     ------
     ValueError
         For invalid field, mask, voxel size or B0 direction (see :func:`metaqsm.inversion.tkd`),
-        a magnitude or noise map of another shape, a negative magnitude, a non-positive noise
-        standard deviation in the mask, or non-positive parameters.
+        a magnitude or noise map of another shape, a negative magnitude or noise standard
+        deviation, a noise map with no positive finite value in the mask, or non-positive
+        parameters.
 
     References
     ----------
@@ -224,15 +225,25 @@ def _cg(apply_a, b, tol, max_iter):
 def data_weight(mask, *, magnitude=None, noise_std=None):
     """MEDI data weight W (the toolbox's ``dataterm_mask``): mean 1 over the mask, 0 outside.
 
-    ``1 / noise_std`` if a noise map is given, else the magnitude (the field noise is inversely
-    proportional to it), else uniform.
+    ``1 / noise_std`` if a noise map is given (0 where the noise is 0 or not finite, as the
+    toolbox), else the magnitude (the field noise is inversely proportional to it), else
+    uniform.
     """
     m = np.asarray(mask, bool)
     if noise_std is not None:
-        n = np.broadcast_to(np.asarray(noise_std, np.float32), m.shape)
-        if not np.all(np.isfinite(n[m])) or np.any(n[m] <= 0):
-            raise ValueError("noise_std must be positive and finite inside the mask")
-        w = np.where(m, 1.0 / np.where(m, n, 1.0), 0.0).astype(np.float32)
+        try:
+            n = np.broadcast_to(np.asarray(noise_std, np.float32), m.shape)
+        except ValueError:
+            raise ValueError(f"noise_std must be a number or have the shape {m.shape}, got "
+                             f"shape {np.shape(noise_std)}") from None
+        if np.any(n[m] < 0):
+            raise ValueError("noise_std must not be negative")
+        # as the toolbox: voxels with zero or non-finite noise get weight 0 (1/0 -> 0)
+        good = m & (n > 0) & np.isfinite(n)
+        if not good.any():
+            raise ValueError("noise_std must be positive and finite in at least one mask voxel")
+        w = np.zeros(m.shape, np.float32)
+        w[good] = 1.0 / n[good]
     elif magnitude is not None:
         w = np.where(m, np.asarray(magnitude, np.float32), 0.0).astype(np.float32)
     else:
