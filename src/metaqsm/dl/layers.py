@@ -254,8 +254,7 @@ class WPConv3d(nn.Module):
                else torch.contiguous_format)
         pad = self.kernel_size // 2
         if len(geom.groups) == 1:
-            return F.conv3d(x, w[0].contiguous(memory_format=fmt), None if b is None else b[0],
-                            padding=pad)
+            return F.conv3d(x, _in_format(w[0], fmt), None if b is None else b[0], padding=pad)
         # mixed geometries: one grouped convolution, sample i convolved with its own kernel.
         # The batch folds into the channels (a free view of an NCDHW tensor), so there is no
         # split, concatenation or scatter in the forward or backward pass.
@@ -267,6 +266,16 @@ class WPConv3d(nn.Module):
         bs = None if b is None else (onehot @ b).reshape(-1)
         y = F.conv3d(x.contiguous().view(1, n * c, *x.shape[2:]), ws, bs, padding=pad, groups=n)
         return y.view(n, self.out_channels, *y.shape[2:])
+
+
+def _in_format(w, fmt):
+    """``w`` in memory format ``fmt``. A kernel with one input channel is already "channels-last
+    contiguous" to ``Tensor.contiguous`` but keeps NCDHW strides, and oneDNN then returns an NCDHW
+    output: give it the channels-last strides explicitly (the same memory order)."""
+    if fmt is torch.channels_last_3d and w.shape[1] == 1:
+        w = w.contiguous()
+        return w.as_strided(w.shape, (w.stride(0), 1, w.stride(2), w.stride(3), w.stride(4)))
+    return w.contiguous(memory_format=fmt)
 
 
 class Conv3d(nn.Conv3d):
