@@ -247,3 +247,20 @@ def test_sigterm_checkpoints_and_resumes(tmp_path):
     assert 1 <= step < 1000
     assert main(["train", "--out", str(out), "--resume", "--steps", str(step + 1), "--no-progress"]) == 0
     assert torch.load(out / "last.pt", weights_only=True)["step"] == step + 1
+
+
+def test_cli_train_from_hdf5_set(tmp_path, capsys):
+    from metaqsm.dl.registry import read_checkpoint_info
+
+    data = tmp_path / "synth"
+    assert main(["synth", "-n", "4", "-o", str(data), "--patch", "32", "32", "16", "--split", "0.5",
+                 "--seed", "3", "--voxel-size-range", "0.5", "0.5", "0.5", "0.5", "2", "2"]) == 0
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--steps", "3", "--no-progress",
+                 'model.name="mesa"', "model.depth=1", "model.base=4", "optim.batch_size=2",
+                 "run.val_every=3", "run.threads=1"]) == 0
+    info = read_checkpoint_info(out / "best.safetensors")
+    assert info["model"] == "mesa" and info["extra"]["data_seed"] == 3
+    assert info["extra"]["voxel_size"] == [0.5, 0.5, 2.0] and info["extra"]["step"] == 3
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["positions"] == [6]  # 3 steps x 2 samples, cycling the 2 training samples

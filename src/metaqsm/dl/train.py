@@ -270,9 +270,29 @@ def _val_seed(cfg):
     return d["val_seed"] if d["val_seed"] >= 0 else d["seed"] + 1
 
 
+def _data_seed(cfg):
+    """The seed the training data were generated with (an HDF5 set's own, from its manifest)."""
+    if cfg["data"]["source"] == "h5":
+        try:
+            from .data import read_manifest
+
+            return read_manifest(cfg["data"]["path"]).get("seed")
+        except (FileNotFoundError, ValueError):
+            return None
+    return cfg["data"]["seed"]
+
+
 def _fixed_voxel_size(cfg):
-    """The training voxel size when the data has a single one (Mesa-QSM), else None."""
+    """The training voxel size when the data has a single one (Mesa-QSM), else None: from the
+    manifest of an HDF5 set, else from the stream's configuration."""
     vr = cfg["data"]["synth"].get("voxel_size_range")
+    if cfg["data"]["source"] == "h5":
+        try:
+            from .data import read_manifest
+
+            vr = read_manifest(cfg["data"]["path"]).get("config", {}).get("voxel_size_range")
+        except (FileNotFoundError, ValueError, KeyError):
+            vr = None
     if vr is None:
         return None
     vr = np.asarray(vr, float)
@@ -678,7 +698,7 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
     scale = float(getattr(model, "output_scale", 1.0))
     extra_info = {
         "metaqsm_version": __version__,
-        "data_seed": cfg["data"]["seed"],
+        "data_seed": _data_seed(cfg),
         "data_source": cfg["data"]["source"],
         "data_path": cfg["data"]["path"],
         "voxel_size": _fixed_voxel_size(cfg),
