@@ -9,7 +9,7 @@ References
 ----------
 Hu X, Mu H, Zhang X, Wang Z, Tan T, Sun J. Meta-SR: a magnification-arbitrary network for super-
 resolution. Proc. IEEE/CVF CVPR 2019:1575-1584.
-Chen J, Koch KM, et al. Meta-QSM: an image-resolution-arbitrary network for QSM reconstruction.
+Meta-QSM: an image-resolution-arbitrary network for QSM reconstruction (Koch KM et al.).
 (the paper this package implements; section 2.2).
 """
 
