@@ -96,3 +96,13 @@ def as_int(value, name, *, minimum=0):
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return v
+
+
+def as_field_inputs(field, mask, voxel_size, b0_dir, *, field_name="field", mask_name="mask"):
+    """Validate the arguments every ``method(field, mask, *, voxel_size, b0_dir)`` shares.
+
+    Returns ``(field float32, mask bool, voxel_size (3,), unit b0_dir (3,))``.
+    """
+    f = as_volume(field, field_name)
+    m = as_mask(mask, f.shape, mask_name)
+    return f, m, as_voxel_size(voxel_size), as_b0_dir(b0_dir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-from .._validate import as_mask, as_volume, as_voxel_size, as_b0_dir
+from .._validate import as_field_inputs
 
 
 class CropGrid:
@@ -40,11 +40,7 @@ class CropGrid:
 
 def check_inputs(field, mask, voxel_size, b0_dir):
     """Validate the common arguments; returns (field float32, mask bool, vsz, b0)."""
-    field = as_volume(field, "field")
-    mask = as_mask(mask, field.shape, "mask")
-    vsz = as_voxel_size(voxel_size)
-    b0 = as_b0_dir(b0_dir)
-    return field, mask, vsz, b0
+    return as_field_inputs(field, mask, voxel_size, b0_dir)
 
 
 def sphere_count(voxel_size, radius):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_b0_dir, as_int, as_mask, as_positive, as_volume, as_voxel_size
+from .._validate import as_field_inputs, as_int, as_positive
 from ..kernels import crop_volume, pad_volume, padded_shape
 
 __all__ = []  # private module
@@ -23,10 +23,7 @@ def check_inputs(field, mask, voxel_size, b0_dir):
     local field is only defined inside it; the caller's array is never modified), the boolean
     mask, the voxel size (3 floats, mm) and the unit B0 direction.
     """
-    f = as_volume(field, "field")
-    m = as_mask(mask, f.shape, "mask")
-    vsz = as_voxel_size(voxel_size)
-    b = as_b0_dir(b0_dir)
+    f, m, vsz, b = as_field_inputs(field, mask, voxel_size, b0_dir)
     f = np.multiply(f, m, dtype=np.float32)  # a new array (faster than np.where)
     return f, m, vsz, b
 
