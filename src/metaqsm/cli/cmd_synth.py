@@ -310,7 +310,9 @@ def sample_sheet(samples, *, indices=None, seed=None):
             (s["chi"][:, :, z], "gray", (-0.15, 0.25), f"chi (ppm) axial  {geo}",
              vsz[1] / vsz[0]),
             (s["chi"][:, y, :], "gray", (-0.15, 0.25), f"chi coronal y={y}", vsz[2] / vsz[0]),
-            (mask[:, :, z].astype(float), "gray", (0, 1), "mask", vsz[1] / vsz[0]),
+            # vmax above 1 draws brain in light grey, so an all-brain slice stays visible on white
+            (mask[:, :, z].astype(float), "gray", (0, 1.25), f"mask ({mask.mean():.0%} brain)",
+             vsz[1] / vsz[0]),
         ]
         for ax, (img, cmap, lim, title, aspect) in zip(axes[r], panels):
             im = ax.imshow(np.rot90(img), cmap=cmap, vmin=lim[0], vmax=lim[1],
