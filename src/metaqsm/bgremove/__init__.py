@@ -22,7 +22,7 @@ name              method
 
 from __future__ import annotations
 
-import importlib
+from .._registry import resolve
 
 # name -> "module:function" (module relative to the metaqsm package)
 METHODS = {
@@ -41,10 +41,7 @@ def get_method(name):
 
     Raises ``ValueError`` naming the known methods for an unknown name.
     """
-    if name not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
-    module, func = METHODS[name].split(":")
-    return getattr(importlib.import_module(f"metaqsm.{module}"), func)
+    return resolve(METHODS, name)
 
 
 def __getattr__(name):  # lazy access: metaqsm.bgremove.resharp etc.

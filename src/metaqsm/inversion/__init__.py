@@ -9,7 +9,7 @@ Methods are registered by name (:data:`METHODS`) and imported lazily: the networ
 
 from __future__ import annotations
 
-import importlib
+from .._registry import resolve
 
 # name -> "module:function" (module relative to the metaqsm package)
 METHODS = {
@@ -35,10 +35,7 @@ def get_method(name):
 
     Raises ``ValueError`` naming the known methods for an unknown name.
     """
-    if name not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
-    module, func = METHODS[name].split(":")
-    return getattr(importlib.import_module(f"metaqsm.{module}"), func)
+    return resolve(METHODS, name)
 
 
 def __getattr__(name):  # lazy access: metaqsm.inversion.tkd etc.
