@@ -151,3 +151,52 @@ def test_dl_package_does_not_import_data_module():
             "print('metaqsm.dl.data' in sys.modules, 'metaqsm.dl.train' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------- the TKD prior
+def test_tkd_prior_equals_the_core_tkd_per_geometry():
+    """The prior is the core's TKD (threshold 0.2, no padding) at each sample's own geometry,
+    with the mean removed (k = 0 set to zero)."""
+    import numpy as np
+
+    from metaqsm.dl.layers import Geometry
+    from metaqsm.dl.unet import tkd_prior
+    from metaqsm.inversion import tkd
+
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((2, 1, 14, 12, 10)).astype(np.float32) * 0.05
+    vs = [[1.0, 1.0, 2.0], [0.6, 0.7, 1.5]]
+    b0 = [[0.0, 0.0, 1.0], [0.3, 0.1, 1.0]]
+    got = tkd_prior(torch.from_numpy(f), Geometry(torch.tensor(vs), torch.tensor(b0), batch=2)).numpy()
+    for i in range(2):
+        ref = tkd(f[i, 0], np.ones(f.shape[2:]), voxel_size=vs[i], b0_dir=b0[i])
+        ref = ref - ref.mean()
+        assert abs(float(got[i, 0].mean())) <= 1e-6 * np.abs(ref).max()
+        assert np.abs(got[i, 0] - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("cls,kw", [(MetaQSM, dict(basis=2, hidden=8)), (MesaQSM, {})])
+def test_untrained_prior_network_returns_tkd_and_learns_a_correction(cls, kw):
+    from metaqsm.dl.layers import Geometry
+    from metaqsm.dl.unet import tkd_prior
+
+    torch.manual_seed(0)
+    model = cls(**TINY, **kw, prior="tkd")
+    assert model.config["prior"] == "tkd"
+    x = torch.randn(2, 1, 12, 10, 9) * 0.05
+    vs = torch.tensor([[1.0, 1.0, 2.0], [0.7, 0.7, 1.0]])
+    with torch.no_grad():
+        ref = tkd_prior(x, Geometry(vs, None, batch=2))
+        assert torch.equal(model.eval()(x, vs), ref)
+    # the zero-initialised head still receives a gradient, so training moves away from TKD
+    model.train()
+    loss = (model(x, vs) - 2 * ref).abs().mean()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
+
+
+def test_prior_errors():
+    with pytest.raises(ValueError, match="prior must be one of"):
+        MetaQSM(**TINY, prior="medi")
+    with pytest.raises(ValueError, match="voxel_size"):
+        MesaQSM(**TINY, prior="tkd")(torch.zeros(1, 1, 8, 8, 8))

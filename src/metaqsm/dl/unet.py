@@ -9,7 +9,15 @@ convention, ``model(x, voxel_size, b0_dir=None)``:
 * ``voxel_size``: (batch, 3) or (3,) tensor/array in mm;
 * ``b0_dir``: (batch, 3) or (3,) B0 direction in voxel coordinates (default: the third axis).
 
-Mesa-QSM accepts and ignores the geometry.
+Mesa-QSM accepts and ignores the geometry (except for the optional physics prior below).
+
+Optional physics prior (``prior="tkd"``, not in the paper; off by default): the network also
+receives the truncated k-space division (TKD, threshold 0.2) of its input, computed with the
+core's dipole kernel at the given voxel size and B0 direction, and predicts a correction to it
+(``chi = TKD(x) + U-Net([x, TKD(x)])``, the last convolution initialised to zero so that an
+untrained network returns TKD). It lets a network trained for a few CPU hours start from a
+classical reconstruction instead of from nothing; the reasoning and the measurements are in
+docs/networks.md and docs/model-card.md.
 
 References
 ----------
@@ -29,10 +37,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import dipole_kernel
 from .layers import Conv3d, DoubleConv, Geometry, WPConv3d
 from .registry import register_model
 
-__all__ = ["MetaQSM", "MesaQSM", "count_parameters"]
+__all__ = ["MetaQSM", "MesaQSM", "count_parameters", "tkd_prior", "PRIORS"]
+
+#: Names of the physics priors a network can take (see the module docstring).
+PRIORS = ("none", "tkd")
+#: Truncation level of the TKD prior (the paper's TKD threshold).
+PRIOR_THRESHOLD = 0.2
+
+
+def tkd_prior(x, geometry, threshold=PRIOR_THRESHOLD):
+    """TKD of a batch of fields, each at its own geometry (no padding, the whole grid).
+
+    ``x``: (batch, 1, X, Y, Z) field in ppm; ``geometry``: a :class:`~metaqsm.dl.layers.Geometry`.
+    Same convention as :func:`metaqsm.inversion.tkd` with ``pad=0`` and no mask (``1/D`` where
+    ``|D| >= threshold``, ``sign(D)/threshold`` elsewhere) except at k = 0, which is set to zero
+    instead of ``1/threshold``: the prior has zero mean, since the mean susceptibility is not
+    determined by the field, and a mean scaled by 5 is an offset that a network of limited
+    receptive field cannot undo. No gradient flows through it (it is an input, not a learned
+    layer). Returns float32, same shape as ``x``.
+    """
+    shape = tuple(int(n) for n in x.shape[2:])
+    dims = (-3, -2, -1)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    with torch.no_grad():
+        for idx in geometry.groups:
+            i0 = int(idx[0])
+            d = torch.from_numpy(dipole_kernel(shape, voxel_size=geometry.voxel_size[i0].tolist(),
+                                               b0_dir=geometry.b0_dir[i0].tolist(), rfft=True))
+            d = d.to(x.device)
+            small = d.abs() < threshold
+            inv = torch.where(small, torch.where(d >= 0, 1.0 / threshold, -1.0 / threshold),
+                              1.0 / torch.where(small, torch.ones_like(d), d))
+            inv[0, 0, 0] = 0.0  # the mean: not determined by the field (D(0) = 0)
+            idx = idx.to(x.device)
+            spec = torch.fft.rfftn(x[idx, 0].float(), dim=dims)
+            out[idx, 0] = torch.fft.irfftn(spec * inv, s=shape, dim=dims)
+    return out
 
 
 def count_parameters(model):
@@ -51,8 +95,10 @@ class _QSMUNet(nn.Module):
 
     model_name = None
 
-    def __init__(self, *, depth, base, input_scale, output_scale):
+    def __init__(self, *, depth, base, input_scale, output_scale, prior="none"):
         super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
         if int(depth) != depth or depth < 1:
             raise ValueError(f"depth must be a positive integer, got {depth!r}")
         if int(base) != base or base < 1:
@@ -64,10 +110,11 @@ class _QSMUNet(nn.Module):
         self.base = int(base)
         self.input_scale = float(input_scale)
         self.output_scale = float(output_scale)
+        self.prior = prior
         widths = [self.base * 2 ** level for level in range(self.depth + 1)]
         conv = self._conv
         self.down = nn.ModuleList()
-        cin = 1
+        cin = 1 if prior == "none" else 2
         for w in widths:
             self.down.append(DoubleConv(cin, w, conv))
             cin = w
@@ -77,6 +124,11 @@ class _QSMUNet(nn.Module):
             self.up_conv.append(conv(widths[level + 1], widths[level], 1))
             self.up_block.append(DoubleConv(2 * widths[level], widths[level], conv))
         self.head = conv(widths[0], 1, 1)
+        if prior != "none":
+            # an untrained network returns the prior itself
+            with torch.no_grad():
+                for p in self.head.parameters():
+                    p.zero_()
         # channels-last (NDHWC) activations and kernels: oneDNN and cuDNN convolutions run about
         # 20-30% faster on them than on NCDHW
         self.to(memory_format=torch.channels_last_3d)
@@ -107,6 +159,11 @@ class _QSMUNet(nn.Module):
         d = self.divisor
         pad = [(-n) % d for n in size]
         h = x * self.input_scale
+        prior = None
+        if self.prior == "tkd":
+            pgeom = geom if geom is not None else Geometry.coerce(voxel_size, b0_dir, x)
+            prior = tkd_prior(x, pgeom).to(x.dtype)
+            h = torch.cat([h, prior * self.output_scale], dim=1)
         if any(pad):
             h = F.pad(h, (0, pad[2], 0, pad[1], 0, pad[0]))
         h = h.contiguous(memory_format=torch.channels_last_3d if geom is None else geom.memory_format)
@@ -125,6 +182,8 @@ class _QSMUNet(nn.Module):
         out = self.head(h, geom) / self.output_scale
         if any(pad):
             out = out[:, :, :size[0], :size[1], :size[2]]
+        if prior is not None:
+            out = out + prior.to(out.dtype)
         return out.contiguous()
 
 
@@ -149,6 +208,9 @@ class MetaQSM(_QSMUNet):
         The field (ppm) is multiplied by this on the way in (default 10: 0.01-0.1 ppm -> 0.1-1).
     output_scale : float
         The network's output is divided by this to give ppm (default 10).
+    prior : {"none", "tkd"}
+        "none" (default): the paper's network, field in, susceptibility out. "tkd": also feed
+        the TKD of the field and predict a correction to it (see the module docstring).
 
     References
     ----------
@@ -157,11 +219,13 @@ class MetaQSM(_QSMUNet):
     """
 
     def __init__(self, *, depth: int = 4, base: int = 32, basis: int = 2, hidden: int = 32,
-                 basis_gain: float = 0.5, input_scale: float = 10.0, output_scale: float = 10.0):
+                 basis_gain: float = 0.5, input_scale: float = 10.0, output_scale: float = 10.0,
+                 prior: str = "none"):
         self.basis = int(basis)
         self.hidden = int(hidden)
         self.basis_gain = float(basis_gain)
-        super().__init__(depth=depth, base=base, input_scale=input_scale, output_scale=output_scale)
+        super().__init__(depth=depth, base=base, input_scale=input_scale, output_scale=output_scale,
+                         prior=prior)
 
     def _conv(self, cin, cout, k, bias=True):
         return WPConv3d(cin, cout, k, hidden=self.hidden, basis=self.basis, bias=bias,
@@ -175,13 +239,15 @@ class MesaQSM(_QSMUNet):
 
     Parameters
     ----------
-    depth, base, input_scale, output_scale :
-        As in :class:`MetaQSM` (defaults 4, 32, 10, 10).
+    depth, base, input_scale, output_scale, prior :
+        As in :class:`MetaQSM` (defaults 4, 32, 10, 10, "none"). With ``prior="tkd"`` the prior
+        (not the network) uses the voxel size and B0 direction, which are then required.
     """
 
     def __init__(self, *, depth: int = 4, base: int = 32, input_scale: float = 10.0,
-                 output_scale: float = 10.0):
-        super().__init__(depth=depth, base=base, input_scale=input_scale, output_scale=output_scale)
+                 output_scale: float = 10.0, prior: str = "none"):
+        super().__init__(depth=depth, base=base, input_scale=input_scale, output_scale=output_scale,
+                         prior=prior)
 
     def _conv(self, cin, cout, k, bias=True):
         return Conv3d(cin, cout, k, bias=bias)

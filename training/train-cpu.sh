@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Train, or continue, the three shipped CPU models (issue 6) one after the other:
+# Meta-QSM over the whole geometry range, then the two Mesa-QSM baselines at
+# 0.5 x 0.5 x 2.0 mm and 0.7639 x 0.7639 x 3.0 mm, each to the same number of steps.
+#
+#   nohup bash training/train-cpu.sh > runs/train-cpu.log 2>&1 &      # STEPS=2000 to go further
+#
+# Resumable at every level: a data set that exists is not regenerated (same seed, same samples);
+# a run folder with last.pt continues from it; otherwise the state committed at the end of the
+# last session (training/NAME/last.pt.gz) is restored; otherwise the run starts fresh.
+# Stop with `pkill -TERM -f "metaqsm train"`: the current run checkpoints and the script moves on
+# (run it again to continue).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-/work/data}
+STEPS=${STEPS:-1000}
+
+synth() {  # synth DIR SEED N VOXEL-SIZE-RANGE(6) TILT
+  local dir=$1 seed=$2 n=$3 tilt=${10}
+  if [ ! -f "$dir/synth.h5" ]; then
+    metaqsm synth -n "$n" -o "$dir" --split 0.9 --seed "$seed" --patch 64 64 32 \
+      --voxel-size-range "$4" "$5" "$6" "$7" "$8" "$9" --max-tilt "$tilt" --workers 2 2>/dev/null
+  fi
+}
+
+train() {  # train NAME CONFIG DATA
+  local name=$1 config=$2 data=$3 out=runs/$1
+  if [ ! -f "$out/last.pt" ] && [ -f "training/$name/last.pt.gz" ]; then
+    mkdir -p "$out"
+    gunzip -c "training/$name/last.pt.gz" > "$out/last.pt"
+    cp "training/$name/config.json" "training/$name/log.csv" "$out/"
+  fi
+  if [ -f "$out/last.pt" ]; then
+    metaqsm train --out "$out" --resume --steps "$STEPS" --no-progress || true
+  else
+    metaqsm train --config "$config" --data "$data/synth.h5" --out "$out" --steps "$STEPS" \
+      --no-progress || true
+  fi
+}
+
+synth "$DATA/meta-cpu" 1 2000 0.5 1.2 0.5 1.2 0.5 4.0 30
+train meta configs/cpu.toml "$DATA/meta-cpu"
+synth "$DATA/mesa-0.5x0.5x2" 2 1000 0.5 0.5 0.5 0.5 2.0 2.0 0
+train mesa-0.5x0.5x2 configs/cpu-mesa-0.5x0.5x2.toml "$DATA/mesa-0.5x0.5x2"
+synth "$DATA/mesa-0.7639x0.7639x3" 3 1000 0.7639 0.7639 0.7639 0.7639 3.0 3.0 0
+train mesa-0.7639x0.7639x3 configs/cpu-mesa-0.7639x0.7639x3.toml "$DATA/mesa-0.7639x0.7639x3"
+echo "train-cpu.sh: all three models at $STEPS steps"
