@@ -1,0 +1,99 @@
+"""Publish a training run as a shipped model, and keep its state for the next session.
+
+    python training/publish.py meta [--run runs/meta] [--status "..."]
+
+1. ``runs/NAME/best.safetensors`` -> ``src/metaqsm/models/NAME.safetensors`` (the checkpoint
+   already holds its architecture, config, step, validation scores and data seed);
+2. ``log.csv`` and ``curves.png`` -> ``NAME-log.csv``, ``NAME-curves.png`` beside it;
+3. ``NAME.json``: the model card in brief, from the checkpoint's metadata and the run's config;
+4. ``runs/NAME/last.pt`` (gzipped), ``config.json`` and ``log.csv`` -> ``training/NAME/``, the
+   state ``training/train-cpu.sh`` resumes from.
+
+The measured results belong in docs/model-card.md (written by hand from the evaluation reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "src" / "metaqsm" / "models"
+SYNTH = {  # the data sets of training/train-cpu.sh
+    "meta": "metaqsm synth -n 2000 -o /work/data/meta-cpu --split 0.9 --seed 1 --patch 64 64 32 "
+            "--voxel-size-range 0.5 1.2 0.5 1.2 0.5 4.0 --max-tilt 30 --workers 2",
+    "mesa-0.5x0.5x2": "metaqsm synth -n 1000 -o /work/data/mesa-0.5x0.5x2 --split 0.9 --seed 2 "
+                      "--patch 64 64 32 --voxel-size-range 0.5 0.5 0.5 0.5 2.0 2.0 --max-tilt 0 "
+                      "--workers 2",
+    "mesa-0.7639x0.7639x3": "metaqsm synth -n 1000 -o /work/data/mesa-0.7639x0.7639x3 --split 0.9 "
+                            "--seed 3 --patch 64 64 32 --voxel-size-range 0.7639 0.7639 0.7639 "
+                            "0.7639 3.0 3.0 --max-tilt 0 --workers 2",
+}
+CONFIGS = {"meta": "configs/cpu.toml", "mesa-0.5x0.5x2": "configs/cpu-mesa-0.5x0.5x2.toml",
+           "mesa-0.7639x0.7639x3": "configs/cpu-mesa-0.7639x0.7639x3.toml"}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("name", choices=sorted(SYNTH))
+    p.add_argument("--run", type=Path, help="run folder (default runs/NAME)")
+    p.add_argument("--status", default="", help="one line on the model's standing")
+    a = p.parse_args(argv)
+    run = a.run or ROOT / "runs" / a.name
+    for f in ("best.safetensors", "log.csv", "config.json", "last.pt"):
+        if not (run / f).is_file():
+            sys.exit(f"publish: {run / f} is missing")
+    from metaqsm.dl.registry import read_checkpoint_info
+
+    info = read_checkpoint_info(run / "best.safetensors")
+    extra = info["extra"]
+    cfg = json.loads((run / "config.json").read_text())
+    rows = (run / "log.csv").read_text().strip().splitlines()
+    last_step = int(rows[-1].split(",")[0])
+
+    MODELS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "best.safetensors", MODELS / f"{a.name}.safetensors")
+    shutil.copyfile(run / "log.csv", MODELS / f"{a.name}-log.csv")
+    if (run / "curves.png").is_file():
+        shutil.copyfile(run / "curves.png", MODELS / f"{a.name}-curves.png")
+    synth = cfg["data"].get("synth", {})
+    card = {
+        "name": a.name,
+        "file": f"{a.name}.safetensors",
+        "status": a.status,
+        "architecture": {"model": info["name"], **info["config"]},
+        "storage": "float16" if cfg["run"].get("half_checkpoint") else "float32",
+        "metaqsm_version": extra.get("metaqsm_version"),
+        "training": {
+            "config": f"{CONFIGS[a.name]} (resolved: training/{a.name}/config.json)",
+            "steps": last_step,
+            "best_step": extra.get("step"),
+            "device": f"{cfg['run'].get('device')} ({cfg['run'].get('threads')} threads)",
+            "data": SYNTH[a.name],
+            "data_seed": extra.get("data_seed", cfg["data"].get("seed")),
+            "command": "bash training/train-cpu.sh",
+            "log": f"{a.name}-log.csv",
+            "curves": f"{a.name}-curves.png",
+        },
+        "validity": {"voxel_size_mm": synth.get("voxel_size_range"),
+                     "max_b0_tilt_deg": synth.get("max_tilt_deg", 0.0)},
+        "validation_at_best": {k: extra[k] for k in ("val_loss", "val_rmse", "val_hfen", "val_ssim")
+                               if k in extra},
+    }
+    (MODELS / f"{a.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    keep = ROOT / "training" / a.name
+    keep.mkdir(parents=True, exist_ok=True)
+    with open(run / "last.pt", "rb") as src, gzip.open(keep / "last.pt.gz", "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst)
+    shutil.copyfile(run / "config.json", keep / "config.json")
+    shutil.copyfile(run / "log.csv", keep / "log.csv")
+    print(f"published {a.name}: step {last_step}, best at {extra.get('step')} "
+          f"(val RMSE {extra.get('val_rmse', float('nan')):.1f} %)")
+
+
+if __name__ == "__main__":
+    main()
