@@ -7,10 +7,12 @@ For each case (patch shape and voxel size range) it measures, in the same run:
 * samples per second of ``generate_sample`` in one process;
 * samples per second of ``SyntheticStream`` through a ``DataLoader`` with 2 workers (after the
   first sample, so worker start-up and the MNI load are not counted);
+* the same with ``variants=K`` (default 4): each generated scene serves K exact mirror images
+  (``data.variants`` of the training configuration);
 
 and compares them with the rate CPU training consumes: a step of the CPU configuration (batch 4
 of 64 x 64 x 32) takes about ``--step-seconds`` (default 1.5 s), so it eats 4 / 1.5 = 2.7 samples
-per second; the ratio column is produced / consumed (>= 1: the stream keeps up; < 1: pre-generate
+per second; the ratio columns are produced / consumed (>= 1: the stream keeps up; < 1: pre-generate
 with ``metaqsm synth`` and train from the HDF5 file). For 128 x 128 x 64 patches the consumption
 is scaled by the voxel count (a step on 8x the voxels takes about 8x longer).
 
@@ -54,13 +56,13 @@ def single_process_rate(config, n):
     return n / (time.perf_counter() - t)
 
 
-def loader_rate(config, n, workers=2):
+def loader_rate(config, n, workers=2, variants=1):
     from torch.utils.data import DataLoader
 
     from metaqsm.dl.data import SyntheticStream
 
-    loader = DataLoader(SyntheticStream(config, seed=0, length=n + workers), batch_size=1,
-                        num_workers=workers)
+    loader = DataLoader(SyntheticStream(config, seed=0, length=10 ** 6, variants=variants),
+                        batch_size=1, num_workers=workers)
     it = iter(loader)
     for _ in range(workers):  # one sample from each worker: both are up and warm
         next(it)
@@ -77,14 +79,16 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer samples per case")
     parser.add_argument("--step-seconds", type=float, default=1.5,
                         help="seconds of one CPU training step (batch 4 of 64x64x32)")
-    parser.add_argument("--no-loader", action="store_true", help="skip the DataLoader column")
+    parser.add_argument("--no-loader", action="store_true", help="skip the DataLoader columns")
+    parser.add_argument("--variants", type=int, default=4,
+                        help="mirror images per scene of the last column (default 4)")
     args = parser.parse_args(argv)
     mni_maps()
     need = 4.0 / args.step_seconds
     print(f"consumed by CPU training: 4 samples / {args.step_seconds:g} s = {need:.2f} samples/s")
     head = (f"{'case':28s} {'fine grid (mid voxel)':>22s} {'FFT pair s':>10s} "
             f"{'1 proc /s':>9s} {'s/sample':>8s} {'/FFT':>6s} {'2 workers /s':>12s} "
-            f"{'ratio':>6s}")
+            f"{'ratio':>6s} {f'x{args.variants} variants /s':>16s} {'ratio':>6s}")
     print(head)
     print("-" * len(head))
     for name, patch, vrange, tilt in CASES:
@@ -96,11 +100,14 @@ def main(argv=None):
         n = (2 if big else 4) if args.quick else (4 if big else 12)
         rate = single_process_rate(cfg, n)
         lrate = np.nan if args.no_loader else loader_rate(cfg, n)
+        vrate = np.nan if args.no_loader else loader_rate(cfg, n * args.variants,
+                                                          variants=args.variants)
         best = rate if np.isnan(lrate) else max(rate, lrate)
         # training time grows with the patch's voxels: a 128x128x64 step eats 8x fewer samples/s
         need_case = need * (64 * 64 * 32) / float(np.prod(patch))
         print(f"{name:28s} {'x'.join(map(str, shape)):>22s} {ref:10.3f} {rate:9.2f} "
-              f"{1 / rate:8.2f} {1 / rate / ref:6.1f} {lrate:12.2f} {best / need_case:6.2f}")
+              f"{1 / rate:8.2f} {1 / rate / ref:6.1f} {lrate:12.2f} {best / need_case:6.2f} "
+              f"{vrate:16.2f} {vrate / need_case:6.2f}")
     return 0
 
 

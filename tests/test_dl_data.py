@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from metaqsm.dl.data import H5Dataset, SyntheticStream, read_manifest
 from metaqsm.simulate.anatomy import mni_maps
-from metaqsm.simulate.synth import SynthConfig, generate_sample
+from metaqsm.simulate.synth import VARIANT_FLIPS, SynthConfig, flip_sample, generate_sample
 
 CFG = SynthConfig(patch_shape=(16, 16, 8), margin_mm=8.0)
 
@@ -60,6 +60,29 @@ def test_stream_worker_indices_disjoint_and_resume_at_start():
         np.testing.assert_array_equal(batch["chi"][b, 0].numpy(), s["chi"])
         np.testing.assert_array_equal(batch["mask"][b, 0].numpy(), s["mask"])
         np.testing.assert_array_equal(batch["b0_dir"][b].numpy(), s["b0_dir"])
+
+
+def test_stream_variants_mirror_images_disjoint_and_spread():
+    """variants=K: K exact mirror images of each scene, never two of one scene within `block`
+    consecutive indices, every index once over the workers, and resuming mid-block works."""
+    ds = SyntheticStream(CFG, seed=3, start=2, length=14, variants=2, block=3)
+    parts = [list(ds.indices(w, 2)) for w in range(2)]
+    assert sorted(i for p in parts for i in p) == list(range(2, 16))
+    assert not set(parts[0]) & set(parts[1])
+    pairs = [ds.scene_of(i) for i in range(12)]
+    assert len(set(pairs)) == 12 and {v for _, v in pairs} == {0, 1}
+    for i in range(12 - 3):  # any 3 consecutive indices: distinct scenes
+        assert len({ds.scene_of(j)[0] for j in range(i, i + 3)}) == 3
+    got = list(SyntheticStream(CFG, seed=3, start=2, length=4, variants=2, block=3))
+    for k, t in enumerate(got):
+        scene, v = ds.scene_of(2 + k)
+        want = flip_sample(generate_sample(scene, config=CFG, seed=3), VARIANT_FLIPS[v])
+        for key in ("field", "chi", "mask", "b0_dir", "voxel_size"):
+            np.testing.assert_array_equal(t[key].numpy().reshape(np.shape(want[key])), want[key])
+    with pytest.raises(ValueError, match="variants must be an integer in 1..8"):
+        SyntheticStream(CFG, seed=0, variants=9)
+    with pytest.raises(ValueError, match="block must be an integer"):
+        SyntheticStream(CFG, seed=0, variants=2, block=0)
 
 
 def test_stream_errors():

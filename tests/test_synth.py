@@ -10,8 +10,8 @@ import pytest
 
 from metaqsm.kernels import forward_field
 from metaqsm.simulate import anatomy, augment, synth, testsets
-from metaqsm.simulate.synth import (SynthConfig, block_reduce, fine_scene, generate_sample,
-                                    kspace_reduce)
+from metaqsm.simulate.synth import (SynthConfig, block_reduce, fine_scene, flip_sample,
+                                    generate_sample, kspace_reduce)
 
 SMALL = dict(patch_shape=(24, 24, 12), margin_mm=8.0)
 
@@ -84,6 +84,34 @@ def test_field_is_forward_model_of_fine_chi_then_reduced(kw):
         # the mask is the brain occupancy of the target voxels
         occ = _crop(block_reduce(scene.mask, scene.factors), scene, cfg)
         np.testing.assert_array_equal(m, occ >= 0.5)
+
+
+@pytest.mark.parametrize("axes", [(0,), (0, 1), (0, 1, 2)])
+def test_mirror_image_is_the_sample_of_the_mirrored_scene(axes):
+    """flip_sample is exact: simulating the mirrored fine scene with the mirrored B0 direction
+    (then reducing and cropping the mirrored patch) gives the mirrored sample."""
+    cfg = small(field_noise_range=(0.0, 0.0), max_tilt_deg=30.0)
+    scene = fine_scene(2, config=cfg, seed=5)
+    s = generate_sample(2, config=cfg, seed=5)
+    t = flip_sample(s, axes)
+    b0 = np.array(scene.b0_dir, float)
+    b0[list(axes)] *= -1
+    np.testing.assert_allclose(t["b0_dir"], b0, atol=1e-7)
+    f_fine = forward_field(np.flip(scene.chi, axes), voxel_size=scene.fine_voxel, b0_dir=b0, pad=0)
+    field = block_reduce(f_fine, scene.factors)
+    region = np.array(field.shape)
+    offset = np.array(scene.offset)
+    offset[list(axes)] = (region - offset - np.array(cfg.patch_shape))[list(axes)]
+    field = field[tuple(slice(o, o + n) for o, n in zip(offset, cfg.patch_shape))]
+    m = t["mask"]
+    np.testing.assert_array_equal(m, np.flip(s["mask"], axes))
+    scale = np.abs(field[m]).max()
+    assert scale > 1e-3
+    assert np.abs(t["field"][m] - field[m]).max() <= 1e-5 * scale
+    np.testing.assert_array_equal(t["chi"], np.flip(s["chi"], axes))
+    np.testing.assert_array_equal(t["voxel_size"], s["voxel_size"])
+    with pytest.raises(ValueError, match="axes must be a subset"):
+        flip_sample(s, (3,))
 
 
 def test_fine_grid_is_not_the_inverse_crime():

@@ -12,7 +12,10 @@ so ``torch.utils.data.DataLoader`` batches them into (B, 1, X, Y, Z) and (B, 3) 
 
 :class:`SyntheticStream` draws sample ``i`` from ``generate_sample(i, config=..., seed=...)``;
 with ``DataLoader(num_workers=k)`` worker ``w`` takes indices ``start + w, start + w + k, ...``,
-so no sample is produced twice and training resumes at a data position with ``start``.
+so no sample is produced twice and training resumes at a data position with ``start``. With
+``variants=K`` each generated scene serves K samples, its exact mirror images
+(:func:`~metaqsm.simulate.synth.flip_sample`), spread over blocks of ``K * block`` indices so that
+a batch never holds two mirror images of one scene.
 :class:`H5Dataset` reads what ``metaqsm synth`` wrote (see :mod:`metaqsm.cli.cmd_synth`).
 """
 
@@ -27,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ..simulate.synth import (DATASET_FILE, MANIFEST_FILE, TRAIN_SEED_LIMIT, SynthConfig,
-                              generate_sample)
+from ..simulate.synth import (DATASET_FILE, MANIFEST_FILE, TRAIN_SEED_LIMIT, VARIANT_FLIPS,
+                              SynthConfig, flip_sample, generate_sample)
 
 __all__ = ["SyntheticStream", "H5Dataset", "to_tensors", "read_manifest", "H5_NAME", "MANIFEST_NAME"]
 
@@ -61,11 +64,22 @@ class SyntheticStream(IterableDataset):
         First index (to resume training at a data position).
     length : int or None
         Number of samples (indices ``start .. start + length - 1``); ``None`` streams forever.
+    variants : int in 1..8
+        Samples made from each generated scene (default 1: every sample its own scene). With
+        ``K > 1``, indices come in blocks of ``K * block``: index ``j K block + v block + m`` is
+        mirror image ``VARIANT_FLIPS[v]`` of scene ``j block + m``. Mirror images are exact
+        (the field of the mirrored scene), so the generator's cost per sample drops about K
+        times; the price is less variety per sample (K views of each scene).
+    block : int
+        Scenes per block when ``variants > 1`` (default 8: two mirror images of one scene are at
+        least ``block`` indices apart, so a batch of up to ``block`` holds distinct scenes).
 
     Notes
     -----
-    With several DataLoader workers, worker ``w`` of ``k`` yields indices ``start + w + j k``,
-    so the samples are disjoint; their order in the batches interleaves the workers (the
+    With several DataLoader workers and ``variants == 1``, worker ``w`` of ``k`` yields indices
+    ``start + w + j k``; with ``variants > 1`` it yields the indices of every ``k``-th block
+    (the blocks numbered ``w, w + k, ...``), keeping the scenes of its block in memory. Either
+    way the samples are disjoint; their order in the batches interleaves the workers (the
     DataLoader takes one batch from each worker in turn). The MNI maps are loaded when the stream
     is made (about 2 s), so forked workers inherit them.
 
@@ -78,8 +92,14 @@ class SyntheticStream(IterableDataset):
     ((2, 1, 32, 32, 16), (2, 3))
     """
 
-    def __init__(self, config=None, *, seed, start=0, length=None):
+    def __init__(self, config=None, *, seed, start=0, length=None, variants=1, block=8):
         super().__init__()
+        for name, val, hi in (("variants", variants, len(VARIANT_FLIPS)), ("block", block, None)):
+            if isinstance(val, bool) or int(val) != val or val < 1 or (hi and val > hi):
+                rng = f"1..{hi}" if hi else ">= 1"
+                raise ValueError(f"{name} must be an integer in {rng}, got {val!r}")
+        self.variants = int(variants)
+        self.block = int(block)
         self.config = SynthConfig() if config is None else config
         if not isinstance(self.config, SynthConfig):
             raise TypeError(f"config must be a SynthConfig, got {type(self.config).__name__}")
@@ -106,16 +126,50 @@ class SyntheticStream(IterableDataset):
 
     def indices(self, worker=0, num_workers=1):
         """The sample indices worker ``worker`` of ``num_workers`` yields (an iterator)."""
-        first = self.start + worker
-        if self.length is None:
-            return itertools.count(first, num_workers)
-        return iter(range(first, self.start + self.length, num_workers))
+        stop = None if self.length is None else self.start + self.length
+        if self.variants == 1:
+            first = self.start + worker
+            if stop is None:
+                return itertools.count(first, num_workers)
+            return iter(range(first, stop, num_workers))
+        return self._block_indices(worker, num_workers, stop)
+
+    def _block_indices(self, worker, num_workers, stop):
+        size = self.variants * self.block
+        j = self.start // size
+        while True:
+            if j % num_workers == worker:
+                lo = max(j * size, self.start)
+                hi = (j + 1) * size if stop is None else min((j + 1) * size, stop)
+                yield from range(lo, hi)
+            j += 1
+            if stop is not None and j * size >= stop:
+                return
+
+    def scene_of(self, index):
+        """``(scene, variant)`` of sample ``index``: it is ``flip_sample(generate_sample(scene),
+        VARIANT_FLIPS[variant])``."""
+        if self.variants == 1:
+            return int(index), 0
+        j, r = divmod(int(index), self.variants * self.block)
+        v, m = divmod(r, self.block)
+        return j * self.block + m, v
 
     def __iter__(self):
         info = get_worker_info()
         worker, n = (0, 1) if info is None else (info.id, info.num_workers)
+        cache, cache_block = {}, None
         for index in self.indices(worker, n):
-            yield to_tensors(generate_sample(index, config=self.config, seed=self.seed))
+            if self.variants == 1:
+                yield to_tensors(generate_sample(index, config=self.config, seed=self.seed))
+                continue
+            scene, v = self.scene_of(index)
+            blk = scene // self.block
+            if blk != cache_block:  # keep only the scenes of the current block
+                cache, cache_block = {}, blk
+            if scene not in cache:
+                cache[scene] = generate_sample(scene, config=self.config, seed=self.seed)
+            yield to_tensors(flip_sample(cache[scene], VARIANT_FLIPS[v]))
 
 
 def _resolve(path):

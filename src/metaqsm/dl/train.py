@@ -61,6 +61,8 @@ DEFAULT_CONFIG = {
         "val_seed": -1,  # seed of the validation stream; -1: seed + 1
         "val_size": 32,  # validation samples (stream: generated once; h5: the first of "val")
         "patch_shape": [128, 128, 64],  # voxels (paper: 128 x 128 x 64)
+        "variants": 1,  # stream: training samples per generated scene (exact mirror images, 1-8)
+        "variant_block": 8,  # stream: scenes per block of mirror images (see SyntheticStream)
         "synth": {},  # other SynthConfig fields (voxel_size_range, max_tilt_deg, ...)
     },
     "optim": {
@@ -162,13 +164,16 @@ def validate_config(config):
                               ("run", "steps", 0), ("run", "val_every", 1), ("run", "ckpt_every", 1),
                               ("run", "log_every", 1), ("run", "threads", 0),
                               ("run", "num_workers", 0), ("data", "val_size", 1),
-                              ("data", "seed", 0)):
+                              ("data", "seed", 0), ("data", "variants", 1),
+                              ("data", "variant_block", 1)):
         v = cfg[sec][key]
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"{sec}.{key} must be an integer >= {minimum}, got {v!r}")
     for key in ("weight_reg", "grad_clip"):
         if not isinstance(o[key], (int, float)) or o[key] < 0:
             raise ValueError(f"optim.{key} must be a non-negative number, got {o[key]!r}")
+    if d["variants"] > 8:
+        raise ValueError(f"data.variants must be an integer in 1..8, got {d['variants']!r}")
     if d["source"] not in ("stream", "h5"):
         raise ValueError(f"data.source must be 'stream' or 'h5', got {d['source']!r}")
     if d["source"] == "h5" and not d["path"]:
@@ -362,8 +367,10 @@ class _Batches:
         if dataset is None:
             from .data import SyntheticStream
 
-            dataset = SyntheticStream(_synth_config(self.cfg), seed=self.cfg["data"]["seed"],
-                                      start=self.rank * _RANK_STRIDE + self.position)
+            d = self.cfg["data"]
+            dataset = SyntheticStream(_synth_config(self.cfg), seed=d["seed"],
+                                      start=self.rank * _RANK_STRIDE + self.position,
+                                      variants=d["variants"], block=d["variant_block"])
         workers = self.cfg["run"]["num_workers"]
         if workers > 0:
             loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,

@@ -61,6 +61,8 @@ from .anatomy import add_veins, mni_maps, tissue_susceptibility
 
 __all__ = [
     "SynthConfig",
+    "flip_sample",
+    "VARIANT_FLIPS",
     "FineScene",
     "generate_sample",
     "fine_scene",
@@ -718,6 +720,57 @@ def finish_scene(scene, *, config, rng):
         "voxel_size": np.asarray(scene.voxel_size, np.float32),
         "b0_dir": np.asarray(scene.b0_dir, np.float32),
     }
+
+
+#: Axis flips of the exact symmetry variants of a sample, in the order a stream uses them:
+#: identity, then the 180-degree turn about the third axis (B0 unchanged when along it), then
+#: single flips, and so on (see :func:`flip_sample`).
+VARIANT_FLIPS = ((), (0, 1), (0,), (1,), (2,), (0, 1, 2), (0, 2), (1, 2))
+
+
+def flip_sample(sample, axes):
+    """The sample of the mirrored scene: every volume flipped along ``axes``, the B0 direction's
+    components along them negated, the voxel size unchanged.
+
+    Mirroring is an exact symmetry of the dipole model: with ``b'`` the mirrored B0 direction,
+    ``D_b'(k) = D_b(k')`` for the mirrored wave vector ``k'``, so the field of the mirrored
+    susceptibility is the mirrored field (on a periodic grid a flip is a reflection and a shift,
+    and both commute with the convolution). A mirrored sample therefore costs no simulation and is
+    as exact as the original; streams use it to get several training samples from one generated
+    scene (``SyntheticStream(variants=...)``).
+
+    Parameters
+    ----------
+    sample : dict
+        As :func:`generate_sample` returns (numpy arrays).
+    axes : sequence of int in {0, 1, 2}
+        Axes to flip (empty: a copy of the sample).
+
+    Returns
+    -------
+    dict
+        A new sample; the input is not modified.
+
+    Examples
+    --------
+    >>> s = generate_sample(0, config=SynthConfig(patch_shape=(16, 16, 8)), seed=1)
+    >>> t = flip_sample(s, (0,))
+    >>> bool((t["chi"] == s["chi"][::-1]).all()), float(t["b0_dir"][0]) == -float(s["b0_dir"][0])
+    (True, True)
+    """
+    axes = tuple(sorted({int(a) for a in axes}))
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"axes must be a subset of (0, 1, 2), got {axes!r}")
+    out = {}
+    for key in ("field", "chi", "mask"):
+        v = np.asarray(sample[key])
+        out[key] = np.ascontiguousarray(np.flip(v, axes) if axes else v.copy())
+    b0 = np.array(sample["b0_dir"], np.float32).reshape(3)
+    for a in axes:
+        b0[a] = -b0[a]
+    out["b0_dir"] = b0
+    out["voxel_size"] = np.array(sample["voxel_size"], np.float32).reshape(3)
+    return out
 
 
 def generate_sample(index, *, config=None, seed=0):
