@@ -100,7 +100,9 @@ def main(argv=None):
         n = (2 if big else 4) if args.quick else (4 if big else 12)
         rate = single_process_rate(cfg, n)
         lrate = np.nan if args.no_loader else loader_rate(cfg, n)
-        vrate = np.nan if args.no_loader else loader_rate(cfg, n * args.variants,
+        # two whole blocks (variants x 8 scenes) per worker: the steady state, where 1 in
+        # `variants` samples is generated
+        vrate = np.nan if args.no_loader else loader_rate(cfg, 2 * 2 * args.variants * 8,
                                                           variants=args.variants)
         best = rate if np.isnan(lrate) else max(rate, lrate)
         # training time grows with the patch's voxels: a 128x128x64 step eats 8x fewer samples/s
