@@ -24,14 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "src" / "metaqsm" / "models"
 SYNTH = {  # the data sets of training/train-cpu.sh
-    "meta": "metaqsm synth -n 2000 -o /work/data/meta-cpu --split 0.9 --seed 1 --patch 64 64 32 "
-            "--voxel-size-range 0.5 1.2 0.5 1.2 0.5 4.0 --max-tilt 30 --workers 2",
-    "mesa-0.5x0.5x2": "metaqsm synth -n 1000 -o /work/data/mesa-0.5x0.5x2 --split 0.9 --seed 2 "
-                      "--patch 64 64 32 --voxel-size-range 0.5 0.5 0.5 0.5 2.0 2.0 --max-tilt 0 "
-                      "--workers 2",
-    "mesa-0.7639x0.7639x3": "metaqsm synth -n 1000 -o /work/data/mesa-0.7639x0.7639x3 --split 0.9 "
-                            "--seed 3 --patch 64 64 32 --voxel-size-range 0.7639 0.7639 0.7639 "
-                            "0.7639 3.0 3.0 --max-tilt 0 --workers 2",
+    "meta": "metaqsm synth -n 1600 -o /work/data/meta-m0 --split 0.9 --seed 1 --patch 64 64 32 "
+            "--config configs/synth-margin0.json --voxel-size-range 0.5 1.2 0.5 1.2 0.5 4.0 "
+            "--max-tilt 30 --workers 2",
+    "mesa-0.5x0.5x2": "metaqsm synth -n 800 -o /work/data/mesa-0.5x0.5x2-m0 --split 0.9 --seed 2 "
+                      "--patch 64 64 32 --config configs/synth-margin0.json --voxel-size-range "
+                      "0.5 0.5 0.5 0.5 2.0 2.0 --max-tilt 0 --workers 2",
+    "mesa-0.7639x0.7639x3": "metaqsm synth -n 800 -o /work/data/mesa-0.7639x0.7639x3-m0 --split 0.9 "
+                            "--seed 3 --patch 64 64 32 --config configs/synth-margin0.json "
+                            "--voxel-size-range 0.7639 0.7639 0.7639 0.7639 3.0 3.0 --max-tilt 0 "
+                            "--workers 2",
 }
 CONFIGS = {"meta": "configs/cpu.toml", "mesa-0.5x0.5x2": "configs/cpu-mesa-0.5x0.5x2.toml",
            "mesa-0.7639x0.7639x3": "configs/cpu-mesa-0.7639x0.7639x3.toml"}
