@@ -67,7 +67,7 @@ def main(argv=None):
         "name": a.name,
         "file": f"{a.name}.safetensors",
         "status": a.status,
-        "architecture": {"model": info["name"], **info["config"]},
+        "architecture": {"model": info["model"], **info["config"]},
         "storage": "float16" if cfg["run"].get("half_checkpoint") else "float32",
         "metaqsm_version": extra.get("metaqsm_version"),
         "training": {
