@@ -341,7 +341,7 @@ def test_paper_suite_design_with_stand_in_networks(tmp_path, monkeypatch):
     assert ("mesa", "/models/mesa-0.5x0.5x2.safetensors", (0.5, 0.5, 2.0), (48, 48, 24)) in calls
     md = (tmp_path / "p" / "report.md").read_text()
     for title in ("## Table 1", "## Table 2", "## Table 3", "Mesa-QSM (0.7639x0.7639x3, interpolated)",
-                  '"testset": "res_0.5x0.5x2"', '"version": 1'):
+                  '"testset": "res_0.5x0.5x2"', '"version": 2'):
         assert title in md
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())["groups"]
     assert summary["table2"]["Meta-QSM"]["n"] == 1

@@ -269,7 +269,8 @@ def sweep_sample(sweep, index, *, voxel_size, tilt_deg=0.0, shape=SWEEP_SHAPE):
     """One synthetic volume of a sweep: fixed voxel size and fixed B0 tilt.
 
     The scene (fine-grid susceptibility) comes from the synthetic-data generator
-    (:mod:`metaqsm.simulate.synth`) with the paper's setting except the voxel size, drawn from
+    (:mod:`metaqsm.simulate.synth`) with the paper's setting except the voxel size and the
+    margin (no sources outside the volume, as the test sets), drawn from
     :func:`sweep_rng`; B0 is then tilted by ``tilt_deg`` degrees from the third axis towards the
     first, and the field is computed on the fine grid and reduced
     (:func:`metaqsm.simulate.synth.finish_scene`). The same ``index`` gives the same scene at every
@@ -285,7 +286,9 @@ def sweep_sample(sweep, index, *, voxel_size, tilt_deg=0.0, shape=SWEEP_SHAPE):
     from ..simulate import synth
 
     vsz = as_voxel_size(voxel_size)
-    config = synth.SynthConfig(patch_shape=tuple(shape), voxel_size_range=tuple((v, v) for v in vsz))
+    # sources inside the volume only, as the test sets (metaqsm.simulate.testsets, version 2)
+    config = synth.SynthConfig(patch_shape=tuple(shape), voxel_size_range=tuple((v, v) for v in vsz),
+                               margin_mm=0.0, field_pad="auto")
     rng = sweep_rng(sweep, index)
     scene = synth._fine_scene(config, rng)  # noqa: SLF001 - as the test sets do (testsets.py)
     if tilt_deg:
