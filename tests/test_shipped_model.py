@@ -1,4 +1,5 @@
-"""The Meta-QSM model shipped inside the package (issue 6) loads and reconstructs a phantom."""
+"""The models shipped inside the package (issue 6) load and reconstruct a phantom: Meta-QSM at
+two geometries, each Mesa-QSM at its own resolution."""
 
 import numpy as np
 import pytest
@@ -11,11 +12,11 @@ from metaqsm.kernels import forward_field  # noqa: E402
 from metaqsm.metrics import compute_metrics  # noqa: E402
 from metaqsm.simulate.phantoms import brain_phantom  # noqa: E402
 
-# Measured with the weights committed in src/metaqsm/models (docs/model-card.md). The shipped
-# weights are an interim checkpoint (2000 CPU steps) that is still worse than TKD, so this bound
-# only guards the loading and inference path and the weights' sanity; tighten it as the model
-# improves (issue 6: Meta-QSM must beat TKD, iLSQR, MEDI and TV).
-RMSE_BOUND = {"meta": 90.0}  # measured 70.7 % and 79.8 % with the interim weights of step 2000
+# Measured with the weights committed in src/metaqsm/models (docs/model-card.md): Meta-QSM after
+# 800 CPU steps with the TKD prior, 38.1 % and 38.6 % (TKD 42.2 % and 41.6 %, iLSQR 36.6 % and
+# 31.4 %); the bounds leave a margin for float differences between machines. The Meta model must
+# also beat TKD here (issue 6 asks for more: TKD, iLSQR, MEDI and TV on the test sets).
+RMSE_BOUND = {"meta": 42.0, "mesa-0.5x0.5x2": 60.0, "mesa-0.7639x0.7639x3": 60.0}
 
 
 def test_shipped_meta_model_is_package_data():
@@ -45,4 +46,31 @@ def test_shipped_meta_reconstructs_phantom(voxel_size, b0_dir):
     print(f"shipped meta at {voxel_size} mm, b0 {np.round(b0_dir, 3)}: RMSE {m['rmse']:.1f} % "
           f"HFEN {m['hfen']:.1f} % SSIM {m['ssim']:.3f} (TKD RMSE {tkd['rmse']:.1f} %)")
     assert m["rmse"] < RMSE_BOUND["meta"]
+    assert m["rmse"] < tkd["rmse"]
+    assert m["correlation"] > 0.5
+
+
+MESA = {"mesa-0.5x0.5x2": (0.5, 0.5, 2.0), "mesa-0.7639x0.7639x3": (0.7639, 0.7639, 3.0)}
+
+
+@pytest.mark.parametrize("name", sorted(MESA))
+def test_shipped_mesa_reconstructs_phantom_at_its_resolution(name):
+    path = MODELS_DIR / SHIPPED[name]
+    assert path.is_file(), f"{path} is missing from the package"
+    assert path.stat().st_size < 10e6
+    for extra in (f"{name}.json", f"{name}-log.csv", f"{name}-curves.png"):
+        assert (MODELS_DIR / extra).is_file(), extra
+    torch.set_num_threads(1)
+    vsz = MESA[name]
+    ph = brain_phantom((96, 96, 32), voxel_size=vsz, rng=5)
+    field = forward_field(ph.chi, voxel_size=vsz)
+    field = (field + np.random.default_rng(1).normal(0, 0.002, field.shape)).astype(np.float32)
+    field *= ph.mask
+    chi = get_method("mesa")(field, ph.mask, voxel_size=vsz)  # picks the shipped model by voxel size
+    assert chi.shape == field.shape and np.all(chi[~ph.mask] == 0)
+    m = compute_metrics(chi, ph.chi, ph.mask)
+    tkd = compute_metrics(get_method("tkd")(field, ph.mask, voxel_size=vsz), ph.chi, ph.mask)
+    print(f"shipped {name}: RMSE {m['rmse']:.1f} % HFEN {m['hfen']:.1f} % SSIM {m['ssim']:.3f} "
+          f"(TKD RMSE {tkd['rmse']:.1f} %)")
+    assert m["rmse"] < RMSE_BOUND[name]
     assert m["correlation"] > 0.5
