@@ -16,7 +16,9 @@ from metaqsm.simulate.phantoms import brain_phantom  # noqa: E402
 # 800 CPU steps with the TKD prior, 38.1 % and 38.6 % (TKD 42.2 % and 41.6 %, iLSQR 36.6 % and
 # 31.4 %); the bounds leave a margin for float differences between machines. The Meta model must
 # also beat TKD here (issue 6 asks for more: TKD, iLSQR, MEDI and TV on the test sets).
-RMSE_BOUND = {"meta": 42.0, "mesa-0.5x0.5x2": 60.0, "mesa-0.7639x0.7639x3": 60.0}
+# The Mesa models at their own resolution (96 x 96 x 32 phantoms): 37.0 % and 37.2 % (TKD 38.5 %
+# and 38.6 %).
+RMSE_BOUND = {"meta": 42.0, "mesa-0.5x0.5x2": 42.0, "mesa-0.7639x0.7639x3": 42.0}
 
 
 def test_shipped_meta_model_is_package_data():
