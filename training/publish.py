@@ -23,25 +23,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "src" / "metaqsm" / "models"
-SYNTH = {  # the data sets of training/train-cpu.sh
-    "meta": "metaqsm synth -n 1600 -o /work/data/meta-m0 --split 0.9 --seed 1 --patch 64 64 32 "
-            "--config configs/synth-margin0.json --voxel-size-range 0.5 1.2 0.5 1.2 0.5 4.0 "
-            "--max-tilt 30 --workers 2",
-    "mesa-0.5x0.5x2": "metaqsm synth -n 800 -o /work/data/mesa-0.5x0.5x2-m0 --split 0.9 --seed 2 "
-                      "--patch 64 64 32 --config configs/synth-margin0.json --voxel-size-range "
-                      "0.5 0.5 0.5 0.5 2.0 2.0 --max-tilt 0 --workers 2",
-    "mesa-0.7639x0.7639x3": "metaqsm synth -n 800 -o /work/data/mesa-0.7639x0.7639x3-m0 --split 0.9 "
-                            "--seed 3 --patch 64 64 32 --config configs/synth-margin0.json "
-                            "--voxel-size-range 0.7639 0.7639 0.7639 0.7639 3.0 3.0 --max-tilt 0 "
-                            "--workers 2",
-}
 CONFIGS = {"meta": "configs/cpu.toml", "mesa-0.5x0.5x2": "configs/cpu-mesa-0.5x0.5x2.toml",
            "mesa-0.7639x0.7639x3": "configs/cpu-mesa-0.7639x0.7639x3.toml"}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name", choices=sorted(SYNTH))
+    p.add_argument("name", choices=sorted(CONFIGS))
     p.add_argument("--run", type=Path, help="run folder (default runs/NAME)")
     p.add_argument("--status", default="", help="one line on the model's standing")
     a = p.parse_args(argv)
@@ -49,11 +37,15 @@ def main(argv=None):
     for f in ("best.safetensors", "log.csv", "config.json", "last.pt"):
         if not (run / f).is_file():
             sys.exit(f"publish: {run / f} is missing")
+    from metaqsm.dl.data import read_manifest
     from metaqsm.dl.registry import read_checkpoint_info
 
     info = read_checkpoint_info(run / "best.safetensors")
     extra = info["extra"]
     cfg = json.loads((run / "config.json").read_text())
+    # what the data really are: the manifest `metaqsm synth` wrote beside the HDF5 file
+    manifest = read_manifest(cfg["data"]["path"])
+    synth = manifest["config"]
     rows = (run / "log.csv").read_text().strip().splitlines()
     last_step = int(rows[-1].split(",")[0])
 
@@ -62,7 +54,6 @@ def main(argv=None):
     shutil.copyfile(run / "log.csv", MODELS / f"{a.name}-log.csv")
     if (run / "curves.png").is_file():
         shutil.copyfile(run / "curves.png", MODELS / f"{a.name}-curves.png")
-    synth = cfg["data"].get("synth", {})
     card = {
         "name": a.name,
         "file": f"{a.name}.safetensors",
@@ -75,14 +66,16 @@ def main(argv=None):
             "steps": last_step,
             "best_step": extra.get("step"),
             "device": f"{cfg['run'].get('device')} ({cfg['run'].get('threads')} threads)",
-            "data": SYNTH[a.name],
-            "data_seed": extra.get("data_seed", cfg["data"].get("seed")),
+            "data": {"samples": manifest["counts"], "seed": manifest["seed"],
+                     "patch_shape": manifest["patch_shape"],
+                     "margin_mm": synth["margin_mm"], "field_pad": synth["field_pad"],
+                     "recipe": "training/train-cpu.sh (metaqsm synth)"},
             "command": "bash training/train-cpu.sh",
             "log": f"{a.name}-log.csv",
             "curves": f"{a.name}-curves.png",
         },
-        "validity": {"voxel_size_mm": synth.get("voxel_size_range"),
-                     "max_b0_tilt_deg": synth.get("max_tilt_deg", 0.0)},
+        "validity": {"voxel_size_mm": synth["voxel_size_range"],
+                     "max_b0_tilt_deg": synth["max_tilt_deg"]},
         "validation_at_best": {k: extra[k] for k in ("val_loss", "val_rmse", "val_hfen", "val_ssim")
                                if k in extra},
     }

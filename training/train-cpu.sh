@@ -3,7 +3,7 @@
 # Meta-QSM over the whole geometry range, then the two Mesa-QSM baselines at
 # 0.5 x 0.5 x 2.0 mm and 0.7639 x 0.7639 x 3.0 mm, each to the same number of steps.
 #
-#   nohup bash training/train-cpu.sh > runs/train-cpu.log 2>&1 &      # STEPS=2000 to go further
+#   nohup bash training/train-cpu.sh > runs/train-cpu.log 2>&1 &      # STEPS=3000 to go further
 #
 # The training patches are simulated with no sources outside the patch (configs/synth-margin0.json:
 # margin_mm = 0, the field zero-padded): the network then learns the problem it meets at

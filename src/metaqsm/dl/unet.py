@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inversion.direct import tkd_inverse_kernel
 from ..kernels import dipole_kernel
 from .layers import Conv3d, DoubleConv, Geometry, WPConv3d
 from .registry import register_model
@@ -66,13 +67,11 @@ def tkd_prior(x, geometry, threshold=PRIOR_THRESHOLD):
     with torch.no_grad():
         for idx in geometry.groups:
             i0 = int(idx[0])
-            d = torch.from_numpy(dipole_kernel(shape, voxel_size=geometry.voxel_size[i0].tolist(),
-                                               b0_dir=geometry.b0_dir[i0].tolist(), rfft=True))
-            d = d.to(x.device)
-            small = d.abs() < threshold
-            inv = torch.where(small, torch.where(d >= 0, 1.0 / threshold, -1.0 / threshold),
-                              1.0 / torch.where(small, torch.ones_like(d), d))
+            inv = tkd_inverse_kernel(dipole_kernel(shape, voxel_size=geometry.voxel_size[i0].tolist(),
+                                                   b0_dir=geometry.b0_dir[i0].tolist(), rfft=True),
+                                     threshold)
             inv[0, 0, 0] = 0.0  # the mean: not determined by the field (D(0) = 0)
+            inv = torch.from_numpy(inv).to(x.device)
             idx = idx.to(x.device)
             spec = torch.fft.rfftn(x[idx, 0].float(), dim=dims)
             out[idx, 0] = torch.fft.irfftn(spec * inv, s=shape, dim=dims)

@@ -284,11 +284,11 @@ def sweep_sample(sweep, index, *, voxel_size, tilt_deg=0.0, shape=SWEEP_SHAPE):
     import dataclasses
 
     from ..simulate import synth
+    from ..simulate.testsets import LOCAL_ONLY
 
     vsz = as_voxel_size(voxel_size)
-    # sources inside the volume only, as the test sets (metaqsm.simulate.testsets, version 2)
     config = synth.SynthConfig(patch_shape=tuple(shape), voxel_size_range=tuple((v, v) for v in vsz),
-                               margin_mm=0.0, field_pad="auto")
+                               **LOCAL_ONLY)
     rng = sweep_rng(sweep, index)
     scene = synth._fine_scene(config, rng)  # noqa: SLF001 - as the test sets do (testsets.py)
     if tilt_deg:

@@ -88,17 +88,23 @@ def tkd(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=0.2, pad=0
     True
     """
     thr = as_positive(threshold, "threshold")
+    return _kdiv(field, mask, voxel_size, b0_dir, pad,
+                 lambda D, shape, vsz: tkd_inverse_kernel(D, thr))
 
-    def inverse(D, shape, vsz):
-        small = np.abs(D) < np.float32(thr)
-        neg = D < 0
-        with np.errstate(divide="ignore"):
-            K = np.divide(np.float32(1.0), D, out=D)  # D is not needed afterwards
-        K[small] = np.float32(1.0 / thr)
-        K[small & neg] = np.float32(-1.0 / thr)
-        return K
 
-    return _kdiv(field, mask, voxel_size, b0_dir, pad, inverse)
+def tkd_inverse_kernel(D, threshold):
+    """The TKD inverse kernel of a dipole kernel ``D``, computed in place (``D`` is overwritten).
+
+    ``1/D`` where ``|D| >= threshold``, ``sign(D)/threshold`` elsewhere, ``sign(0) = +1``; shared
+    by :func:`tkd` and the networks' TKD prior (:func:`metaqsm.dl.unet.tkd_prior`).
+    """
+    small = np.abs(D) < np.float32(threshold)
+    neg = D < 0
+    with np.errstate(divide="ignore"):
+        K = np.divide(np.float32(1.0), D, out=D)
+    K[small] = np.float32(1.0 / threshold)
+    K[small & neg] = np.float32(-1.0 / threshold)
+    return K
 
 
 def tsvd(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), threshold=0.2, pad=0):

@@ -6,11 +6,12 @@
 * ``"res_0.7639x0.7639x3"``: 100 volumes at exactly 0.7639 x 0.7639 x 3.0 mm.
 
 All use the default :class:`~metaqsm.simulate.synth.SynthConfig` otherwise (B0 along the third
-axis), except that the field comes from the sources inside the volume only (``margin_mm = 0``,
-the field zero-padded): a test case is a local field after an ideal background removal, which no
-inversion could get right if it carried the field of sources it cannot see (version 1 did, with
-16 mm of surrounding tissue: every method then scored 70-100 % RMSE on many volumes). Their random streams never coincide with training: training sample ``(seed, index)``
-draws from ``SeedSequence(entropy=(seed, index))`` (no spawn key), test sample ``i`` of set
+axis), except that the field comes from the sources inside the volume only (:data:`LOCAL_ONLY`:
+``margin_mm = 0``, the field zero-padded): a test case is a local field after an ideal
+background removal, which no inversion could get right if it carried the field of sources it
+cannot see (version 1 did, with 16 mm of surrounding tissue: every method then scored 70-100 %
+RMSE on many volumes). Their random streams never coincide with training: training sample
+``(seed, index)`` draws from ``SeedSequence(entropy=(seed, index))`` (no spawn key), test sample ``i`` of set
 ``name`` from ``SeedSequence(entropy=TESTSET_ENTROPY, spawn_key=(TESTSET_VERSION, set_id, i))``;
 a non-empty spawn key is mixed into the seed sequence's state, so the two families are
 independent streams. Changing the generator changes the test sets: bump ``TESTSET_VERSION``
@@ -24,11 +25,13 @@ import numpy as np
 from .._validate import as_int
 from .synth import SynthConfig, _generate
 
-__all__ = ["TESTSET_VERSION", "TESTSET_ENTROPY", "TESTSETS", "testset_config", "testset_sample",
-           "testset_rng"]
+__all__ = ["TESTSET_VERSION", "TESTSET_ENTROPY", "TESTSETS", "LOCAL_ONLY", "testset_config",
+           "testset_sample", "testset_rng"]
 
 TESTSET_VERSION = 2  # 2: sources inside the volume only (1: 16 mm of surrounding sources)
 TESTSET_ENTROPY = 0x6D65746171736D  # "metaqsm" in ASCII; fixed forever
+#: SynthConfig fields of an evaluation volume: only the sources inside it, the field zero-padded
+LOCAL_ONLY = {"margin_mm": 0.0, "field_pad": "auto"}
 
 _PAPER_RANGE = ((0.5, 1.0), (0.5, 1.0), (2.0, 4.0))
 TESTSETS = {
@@ -52,7 +55,7 @@ def testset_config(name, **overrides):
     spec = _check_name(name)
     d = SynthConfig().to_dict()
     d.update(patch_shape=spec["patch_shape"], voxel_size_range=spec["voxel_size_range"],
-             max_tilt_deg=0.0, margin_mm=0.0, field_pad="auto")
+             max_tilt_deg=0.0, **LOCAL_ONLY)
     d.update(overrides)
     return SynthConfig.from_dict(d)
 
