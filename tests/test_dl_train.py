@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -148,6 +149,51 @@ def test_train_writes_run_and_resume_reproduces_the_losses(data, tmp_path):
     assert done["best_val_loss"] == pytest.approx(full["best_val_loss"], rel=1e-6)
 
 
+def test_whole_volume_validation_logs_and_selects_the_best(data, tmp_path):
+    from metaqsm.dl.infer import reconstruct
+    from metaqsm.dl.registry import read_checkpoint_info
+    from metaqsm.dl.train import _volume_set
+    from metaqsm.metrics import compute_metrics
+
+    ds, val = data
+    cfg = tiny_config(val_volumes=1, val_volume_shape=[32, 32, 16], select_by="vol_rmse")
+    res = train(cfg, out=tmp_path / "v", train_data=ds, val_data=val)
+    rows = read_log(tmp_path / "v" / "log.csv")
+    vol = [float(r["vol_rmse"]) for r in rows if r["vol_rmse"]]
+    assert len(vol) == 2 and all(0 < v < 1000 for v in vol), vol
+    assert all(r["vol_hfen"] and r["vol_ssim"] for r in rows if r["vol_rmse"])
+    assert res["best_score"] == pytest.approx(min(vol), rel=1e-6)
+    info = read_checkpoint_info(tmp_path / "v" / "best.safetensors")
+    assert info["extra"]["vol_rmse"] == pytest.approx(min(vol), rel=1e-6)
+    # the logged score is the whole-volume reconstruction of the kept weights
+    (v,) = _volume_set(cfg)
+    assert v["field"].shape == (32, 32, 16)
+    chi = reconstruct(load_model(tmp_path / "v" / "best.safetensors", cache=False), v["field"],
+                      v["mask"], voxel_size=v["voxel_size"], b0_dir=v["b0_dir"])
+    assert compute_metrics(chi, v["chi"], v["mask"])["rmse"] == pytest.approx(min(vol), rel=1e-3)
+    # deterministic, and not one of the validation patches of the same seed
+    (again,) = _volume_set(cfg)
+    assert np.array_equal(again["chi"], v["chi"])
+    # resuming keeps the best score of the criterion
+    part = train(cfg, out=tmp_path / "w", train_data=ds, val_data=val, stop_after=4)
+    assert part["stopped"]
+    done = train(cfg, out=tmp_path / "w", resume=True, train_data=ds, val_data=val)
+    assert done["best_score"] == pytest.approx(res["best_score"], rel=1e-6)
+
+
+def test_log_of_an_earlier_version_is_upgraded(tmp_path):
+    from metaqsm.dl.train import LOG_FIELDS, _append_log
+
+    log = tmp_path / "log.csv"
+    log.write_text("step,train_loss,val_loss,val_rmse,val_hfen,val_ssim,lr,seconds\n"
+                   "5,0.3,0.2,50,40,0.9,0.0001,8.6\n")
+    _append_log(log, {"step": 10, "train_loss": "0.25", "vol_rmse": "45"})
+    rows = read_log(log)
+    assert tuple(rows[0]) == LOG_FIELDS
+    assert rows[0]["val_rmse"] == "50" and rows[0]["vol_rmse"] == ""
+    assert rows[1]["step"] == "10" and rows[1]["vol_rmse"] == "45"
+
+
 def test_resume_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(tiny_config(), out=tmp_path / "none", resume=True)
@@ -170,6 +216,14 @@ def test_config_errors(tmp_path):
         validate_config(apply_overrides(DEFAULT_CONFIG, ['model.name="unet"']))
     with pytest.raises(ValueError, match="model.basis is not an argument of model 'mesa'"):
         validate_config(apply_overrides(DEFAULT_CONFIG, ['model.name="mesa"', "model.basis=2"]))
+    with pytest.raises(ValueError, match="run.select_by must be one of"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ['run.select_by="ssim"']))
+    with pytest.raises(ValueError, match="needs run.val_volumes >= 1"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ['run.select_by="vol_rmse"']))
+    with pytest.raises(ValueError, match="run.val_volume_shape must be 3 integers"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ["run.val_volume_shape=[64, 64]"]))
+    with pytest.raises(ValueError, match="run.val_volumes must be an integer"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ["run.val_volumes=-1"]))
     with pytest.raises(ValueError, match="run.amp must be one of"):
         validate_config(apply_overrides(DEFAULT_CONFIG, ['run.amp="fp8"']))
     with pytest.raises(FileNotFoundError, match="configuration file"):

@@ -9,6 +9,9 @@
 # margin_mm = 0, the field zero-padded): the network then learns the problem it meets at
 # inference, a whole brain whose every source is inside the volume (docs/training.md).
 #
+# Checkpoint selection: best.safetensors is the step with the lowest RMSE over 4 whole synthetic
+# volumes of 128 x 128 x 64 (run.val_volumes, run.select_by), not over the 64 x 64 x 32 patches.
+#
 # Resumable at every level: a data set that exists is not regenerated (same seed, same samples);
 # a run folder with last.pt continues from it; otherwise the state committed at the end of the
 # last session (training/NAME/last.pt.gz) is restored; otherwise the run starts fresh.
@@ -18,13 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-/work/data}
 STEPS=${STEPS:-800}
+mkdir -p "$DATA" runs
 
 synth() {  # synth DIR SEED N VOXEL-SIZE-RANGE(6) TILT
   local dir=$1 seed=$2 n=$3 tilt=${10}
   if [ ! -f "$dir/synth.h5" ]; then
     metaqsm synth -n "$n" -o "$dir" --split 0.9 --seed "$seed" --patch 64 64 32 \
       --config configs/synth-margin0.json \
-      --voxel-size-range "$4" "$5" "$6" "$7" "$8" "$9" --max-tilt "$tilt" --workers 2 2>/dev/null
+      --voxel-size-range "$4" "$5" "$6" "$7" "$8" "$9" --max-tilt "$tilt" --workers 2 2> >(grep -v "it/s\|s/it" >&2)
   fi
 }
 
@@ -36,7 +40,9 @@ train() {  # train NAME CONFIG DATA
     cp "training/$name/config.json" "training/$name/log.csv" "$out/"
   fi
   if [ -f "$out/last.pt" ]; then
-    metaqsm train --out "$out" --resume --steps "$STEPS" --no-progress || true
+    # runs begun before whole-volume validation existed get it on resume (as in the configs)
+    metaqsm train --out "$out" --resume --steps "$STEPS" --no-progress \
+      run.val_volumes=4 'run.select_by="vol_rmse"' || true
   else
     metaqsm train --config "$config" --data "$data/synth.h5" --out "$out" --steps "$STEPS" \
       --no-progress || true

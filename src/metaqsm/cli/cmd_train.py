@@ -87,8 +87,10 @@ def run_train(args):
                               f"it, or choose another folder")
     result = train(cfg, out=out, resume=args.resume)
     state = "stopped (resume with --resume)" if result["stopped"] else "done"
-    print(f"metaqsm train: {state} at step {result['step']}; best validation loss "
-          f"{result['best_val_loss']:.5g}; run folder {result['out']}")
+    best = f"best validation loss {result['best_val_loss']:.5g}"
+    if cfg["run"]["select_by"] != "val_loss":
+        best += f", best {cfg['run']['select_by']} {result['best_score']:.5g} (kept)"
+    print(f"metaqsm train: {state} at step {result['step']}; {best}; run folder {result['out']}")
     return 0
 
 

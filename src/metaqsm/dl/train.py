@@ -12,14 +12,23 @@ A run directory holds:
 * ``last.pt``: the state to resume from (model, optimiser, scheduler, step, data position, random
   states), written every ``run.ckpt_every`` steps, at the end and on SIGTERM/SIGINT, atomically;
   it loads with ``torch.load(weights_only=True)``;
-* ``best.safetensors``: the network with the lowest validation loss (name, config, weights and
-  the training information, see :func:`metaqsm.dl.registry.save_checkpoint`);
-* ``log.csv``: step, train loss, validation loss, RMSE, HFEN, SSIM, learning rate, seconds;
+* ``best.safetensors``: the network with the lowest validation score ``run.select_by`` (name,
+  config, weights and the training information, see :func:`metaqsm.dl.registry.save_checkpoint`);
+* ``log.csv``: step, train loss, validation loss, RMSE, HFEN, SSIM, learning rate, seconds, and
+  the whole-volume RMSE, HFEN, SSIM;
 * ``curves.png``: the curves (:func:`plot_log`).
 
 Distributed data parallel: start with ``torchrun --nproc_per_node=N -m metaqsm.cli train ...``;
 each rank reads its own slice of the data (the synthetic stream at a per-rank index offset, an
 HDF5 set through a per-rank share of each epoch's permutation); rank 0 validates and writes.
+
+Whole-volume validation (``run.val_volumes``, not in the paper): patches are scored at the size
+the network trains on, but a user reconstructs a whole brain, whose lowest spatial frequencies
+and mean no patch holds; a network's patch loss can fall while its whole-volume error rises.
+With ``run.val_volumes = N`` the run also reconstructs N synthetic volumes of
+``run.val_volume_shape`` (the training generator, sources inside the volume only) at every
+validation, logs ``vol_rmse``, ``vol_hfen``, ``vol_ssim``, and ``run.select_by = "vol_rmse"``
+keeps the checkpoint that is best on them.
 
 References
 ----------
@@ -88,10 +97,19 @@ DEFAULT_CONFIG = {
         "seed": 0,  # seed of the network's initialisation
         "half_checkpoint": False,  # store best.safetensors in float16
         "progress": True,  # tqdm progress bar
+        # whole-volume validation (not in the paper): this many synthetic volumes of
+        # val_volume_shape, with only the sources inside them (the problem met at inference),
+        # reconstructed whole at every validation; 0: off
+        "val_volumes": 0,
+        "val_volume_shape": [128, 128, 64],
+        "select_by": "val_loss",  # best.safetensors: lowest "val_loss" (patches) or "vol_rmse"
     },
 }
 
-LOG_FIELDS = ("step", "train_loss", "val_loss", "val_rmse", "val_hfen", "val_ssim", "lr", "seconds")
+LOG_FIELDS = ("step", "train_loss", "val_loss", "val_rmse", "val_hfen", "val_ssim", "lr", "seconds",
+              "vol_rmse", "vol_hfen", "vol_ssim")
+#: Validation scores that may select the best checkpoint (run.select_by); lower is better.
+SELECT_BY = ("val_loss", "vol_rmse")
 
 _RANK_STRIDE = 10 ** 8  # stream index offset between DDP ranks
 
@@ -164,6 +182,7 @@ def validate_config(config):
                               ("run", "steps", 0), ("run", "val_every", 1), ("run", "ckpt_every", 1),
                               ("run", "log_every", 1), ("run", "threads", 0),
                               ("run", "num_workers", 0), ("data", "val_size", 1),
+                              ("run", "val_volumes", 0),
                               ("data", "seed", 0), ("data", "variants", 1),
                               ("data", "variant_block", 1)):
         v = cfg[sec][key]
@@ -172,6 +191,14 @@ def validate_config(config):
     for key in ("weight_reg", "grad_clip"):
         if not isinstance(o[key], (int, float)) or o[key] < 0:
             raise ValueError(f"optim.{key} must be a non-negative number, got {o[key]!r}")
+    if r["select_by"] not in SELECT_BY:
+        raise ValueError(f"run.select_by must be one of {', '.join(SELECT_BY)}, got {r['select_by']!r}")
+    if r["select_by"] == "vol_rmse" and r["val_volumes"] < 1:
+        raise ValueError("run.select_by = 'vol_rmse' needs run.val_volumes >= 1")
+    vs = r["val_volume_shape"]
+    if (not isinstance(vs, (list, tuple)) or len(vs) != 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 16 for n in vs)):
+        raise ValueError(f"run.val_volume_shape must be 3 integers >= 16, got {vs!r}")
     if d["variants"] > 8:
         raise ValueError(f"data.variants must be an integer in 1..8, got {d['variants']!r}")
     if d["source"] not in ("stream", "h5"):
@@ -408,6 +435,67 @@ def _validation_set(cfg, dataset=None):
     return out
 
 
+#: Spawn key of the whole validation volumes' random streams ("vol" in ASCII): independent of the
+#: training samples (no spawn key) and of the test sets (their own entropy).
+_VOLUME_SPAWN = 0x766F6C
+
+
+def _volume_config(cfg):
+    """SynthConfig of the whole validation volumes: the training data's generator (an HDF5
+    set's own, from its manifest), at ``run.val_volume_shape``, with only the sources inside
+    the volume (:data:`metaqsm.simulate.testsets.LOCAL_ONLY`)."""
+    from ..simulate.synth import SynthConfig
+    from ..simulate.testsets import LOCAL_ONLY
+
+    params = None
+    if cfg["data"]["source"] == "h5":
+        try:
+            from .data import read_manifest
+
+            params = dict(read_manifest(cfg["data"]["path"])["config"])
+        except (FileNotFoundError, ValueError, KeyError):
+            params = None
+    if params is None:
+        params = _synth_config(cfg).to_dict()
+    params.update(patch_shape=tuple(int(n) for n in cfg["run"]["val_volume_shape"]), **LOCAL_ONLY)
+    return SynthConfig.from_dict(params)
+
+
+def _volume_set(cfg):
+    """The whole validation volumes (generated once per run, deterministic)."""
+    from ..simulate.synth import _generate
+
+    n = cfg["run"]["val_volumes"]
+    if n < 1:
+        return []
+    config = _volume_config(cfg)
+    seed = _val_seed(cfg)
+    return [_generate(config, np.random.default_rng(
+        np.random.SeedSequence(entropy=(seed, i), spawn_key=(_VOLUME_SPAWN,)))) for i in range(n)]
+
+
+def _validate_volumes(model, volumes, device):
+    """Mean RMSE / HFEN / SSIM of the network over whole volumes (as :func:`reconstruct`)."""
+    from ..metrics import compute_metrics
+    from .infer import reconstruct
+
+    if not volumes:
+        return {}
+    net = getattr(model, "module", model)
+    was_training = net.training
+    scores = {"rmse": [], "hfen": [], "ssim": []}
+    try:
+        for v in volumes:
+            chi = reconstruct(net, v["field"], v["mask"], voxel_size=v["voxel_size"],
+                              b0_dir=v["b0_dir"], tile="none", device=str(device))
+            res = compute_metrics(chi, v["chi"], v["mask"])
+            for k in scores:
+                scores[k].append(float(res[k]))
+    finally:
+        net.train(was_training)
+    return {f"vol_{k}": float(np.mean(v)) for k, v in scores.items()}
+
+
 # ---------------------------------------------------------------------------- state
 def _rng_state():
     np_state = np.random.get_state()
@@ -447,7 +535,7 @@ def _truncate_log(path, step):
         return
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    rows = [r for r in rows if int(r["step"]) <= step]
+    rows = [{k: v for k, v in r.items() if k in LOG_FIELDS} for r in rows if int(r["step"]) <= step]
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
         w.writeheader()
@@ -456,6 +544,11 @@ def _truncate_log(path, step):
 
 def _append_log(path, row):
     new = not path.is_file()
+    if not new:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), None)
+        if header is not None and tuple(header) != LOG_FIELDS:  # a log of an earlier version
+            _truncate_log(path, math.inf)
     with open(path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
         if new:
@@ -493,11 +586,15 @@ def plot_log(log_csv, png=None):
     axes[0].set_yscale("log")
     axes[0].set_title("L1 loss (x output_scale)")
     axes[0].legend()
-    for ax, (name, title) in zip(axes[1:], (("val_rmse", "validation RMSE (%)"),
-                                            ("val_hfen", "validation HFEN (%)"),
-                                            ("val_ssim", "validation SSIM"))):
-        c = col(name)
-        ax.plot(c[:, 0], c[:, 1], "o-", ms=3)
+    for ax, (name, title) in zip(axes[1:], (("rmse", "validation RMSE (%)"),
+                                            ("hfen", "validation HFEN (%)"),
+                                            ("ssim", "validation SSIM"))):
+        c = col(f"val_{name}")
+        ax.plot(c[:, 0], c[:, 1], "o-", ms=3, label="patches")
+        v = col(f"vol_{name}")
+        if len(v):
+            ax.plot(v[:, 0], v[:, 1], "s-", ms=3, label="whole volumes")
+            ax.legend()
         ax.set_title(title)
     for ax in axes:
         ax.set_xlabel("step")
@@ -674,14 +771,18 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
     rate, every = float(o["decay_rate"]), int(o["decay_steps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate ** (s // every))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    step, position, best = 0, 0, math.inf
+    step, position, best, best_loss = 0, 0, math.inf, math.inf
+    by = r["select_by"]
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        step, best = int(state["step"]), float(state["best_val_loss"])
+        step, best_loss = int(state["step"]), float(state["best_val_loss"])
+        if state.get("best_by", "val_loss") == by:
+            best = float(state.get("best_score", best_loss))
+        # else: the criterion changed on resume; the next validation sets the best
         position = int(state["positions"][rank]) if rank < len(state["positions"]) else int(state["positions"][0])
         _set_rng_state(state["rng"])
 
@@ -702,6 +803,7 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
     batches = _Batches(cfg, rank=rank, world=world, position=position, batch=per_rank,
                        dataset=train_data)
     val = _validation_set(cfg, val_data) if is_main else None
+    volumes = _volume_set(cfg) if is_main else None
     scale = float(getattr(model, "output_scale", 1.0))
     extra_info = {
         "metaqsm_version": __version__,
@@ -729,7 +831,9 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "step": step,
             "positions": [int(p) for p in positions],
-            "best_val_loss": best,
+            "best_val_loss": best_loss,
+            "best_by": by,
+            "best_score": best,
             "rng": _rng_state(),
             "config": json.dumps(cfg),
             "metaqsm_version": __version__,
@@ -780,9 +884,11 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
                 run_losses = []
             if is_main and (step % r["val_every"] == 0 or step == r["steps"]):
                 res = _validate(model, val, cfg, device, amp_dtype)
+                res.update(_validate_volumes(model, volumes, device))
                 row.update({k: f"{v:.9g}" for k, v in res.items()})
-                if res["val_loss"] < best:
-                    best = res["val_loss"]
+                best_loss = min(best_loss, res["val_loss"])
+                if res[by] < best:
+                    best = res[by]
                     save_checkpoint(out / "best.safetensors", model,
                                     {**extra_info, "step": step, **res},
                                     half=bool(r["half_checkpoint"]))
@@ -818,6 +924,6 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    return {"step": step, "best_val_loss": best, "last_train_loss": last_loss, "out": str(out),
+    return {"step": step, "best_val_loss": best_loss, "best_score": best, "last_train_loss": last_loss, "out": str(out),
             "stopped": stopped}
 
