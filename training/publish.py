@@ -10,6 +10,12 @@
    state ``training/train-cpu.sh`` resumes from.
 
 The measured results belong in docs/model-card.md (written by hand from the evaluation reports).
+
+    python training/publish.py meta --state-only
+
+keeps step 4 only (and the run's ``best.safetensors`` as ``training/NAME/best.safetensors``, the
+candidate that a resumed run's best-checkpoint race is measured against): the training goes on
+next session while the shipped model stays as it is.
 """
 
 from __future__ import annotations
@@ -32,8 +38,13 @@ def main(argv=None):
     p.add_argument("name", choices=sorted(CONFIGS))
     p.add_argument("--run", type=Path, help="run folder (default runs/NAME)")
     p.add_argument("--status", default="", help="one line on the model's standing")
+    p.add_argument("--state-only", action="store_true",
+                   help="keep the training state in training/NAME/ without publishing the model")
     a = p.parse_args(argv)
     run = a.run or ROOT / "runs" / a.name
+    if a.state_only:
+        keep_state(run, a.name, best=True)
+        return
     for f in ("best.safetensors", "log.csv", "config.json", "last.pt"):
         if not (run / f).is_file():
             sys.exit(f"publish: {run / f} is missing")
@@ -80,14 +91,28 @@ def main(argv=None):
                                if k in extra},
     }
     (MODELS / f"{a.name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    keep = ROOT / "training" / a.name
+    keep_state(run, a.name, best=False)
+    print(f"published {a.name}: step {last_step}, best at {extra.get('step')} "
+          f"(val RMSE {extra.get('val_rmse', float('nan')):.1f} %)")
+
+
+def keep_state(run, name, *, best):
+    """``run``'s resume state -> ``training/NAME/`` (what train-cpu.sh restores)."""
+    for f in ("last.pt", "log.csv", "config.json"):
+        if not (run / f).is_file():
+            sys.exit(f"publish: {run / f} is missing")
+    keep = ROOT / "training" / name
     keep.mkdir(parents=True, exist_ok=True)
     with open(run / "last.pt", "rb") as src, gzip.open(keep / "last.pt.gz", "wb", compresslevel=6) as dst:
         shutil.copyfileobj(src, dst)
     shutil.copyfile(run / "config.json", keep / "config.json")
     shutil.copyfile(run / "log.csv", keep / "log.csv")
-    print(f"published {a.name}: step {last_step}, best at {extra.get('step')} "
-          f"(val RMSE {extra.get('val_rmse', float('nan')):.1f} %)")
+    candidate = keep / "best.safetensors"
+    if best and (run / "best.safetensors").is_file():
+        shutil.copyfile(run / "best.safetensors", candidate)
+    elif not best:
+        candidate.unlink(missing_ok=True)  # published: the shipped file is the best
+    print(f"kept the training state of {name} in {keep}")
 
 
 if __name__ == "__main__":

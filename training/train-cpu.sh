@@ -38,6 +38,8 @@ train() {  # train NAME CONFIG DATA
     mkdir -p "$out"
     gunzip -c "training/$name/last.pt.gz" > "$out/last.pt"
     cp "training/$name/config.json" "training/$name/log.csv" "$out/"
+    # the best candidate so far, when the state was kept without publishing (publish.py --state-only)
+    if [ -f "training/$name/best.safetensors" ]; then cp "training/$name/best.safetensors" "$out/"; fi
   fi
   if [ -f "$out/last.pt" ]; then
     # runs begun before whole-volume validation existed get it on resume (as in the configs)
