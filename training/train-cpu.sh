@@ -4,6 +4,7 @@
 # 0.5 x 0.5 x 2.0 mm and 0.7639 x 0.7639 x 3.0 mm, each to the same number of steps.
 #
 #   nohup bash training/train-cpu.sh > runs/train-cpu.log 2>&1 &      # STEPS=3000 to go further
+#   MODELS=meta STEPS=3000 nohup bash training/train-cpu.sh ...         # one model only
 #
 # The training patches are simulated with no sources outside the patch (configs/synth-margin0.json:
 # margin_mm = 0, the field zero-padded): the network then learns the problem it meets at
@@ -21,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-/work/data}
 STEPS=${STEPS:-800}
+MODELS=${MODELS:-meta mesa-0.5x0.5x2 mesa-0.7639x0.7639x3}  # e.g. MODELS=meta: that one only
 mkdir -p "$DATA" runs
 
 synth() {  # synth DIR SEED N VOXEL-SIZE-RANGE(6) TILT
@@ -51,11 +53,18 @@ train() {  # train NAME CONFIG DATA
   fi
 }
 
-# every data set first (about 12 minutes on 2 cores), then the three runs
-synth "$DATA/meta-m0" 1 1600 0.5 1.2 0.5 1.2 0.5 4.0 30
-synth "$DATA/mesa-0.5x0.5x2-m0" 2 800 0.5 0.5 0.5 0.5 2.0 2.0 0
-synth "$DATA/mesa-0.7639x0.7639x3-m0" 3 800 0.7639 0.7639 0.7639 0.7639 3.0 3.0 0
-train meta configs/cpu.toml "$DATA/meta-m0"
-train mesa-0.5x0.5x2 configs/cpu-mesa-0.5x0.5x2.toml "$DATA/mesa-0.5x0.5x2-m0"
-train mesa-0.7639x0.7639x3 configs/cpu-mesa-0.7639x0.7639x3.toml "$DATA/mesa-0.7639x0.7639x3-m0"
-echo "train-cpu.sh: all three models at $STEPS steps"
+# each model's data set just before its run (about 5-12 minutes each on 2 cores)
+want() { [[ " $MODELS " == *" $1 "* ]]; }
+if want meta; then
+  synth "$DATA/meta-m0" 1 1600 0.5 1.2 0.5 1.2 0.5 4.0 30
+  train meta configs/cpu.toml "$DATA/meta-m0"
+fi
+if want mesa-0.5x0.5x2; then
+  synth "$DATA/mesa-0.5x0.5x2-m0" 2 800 0.5 0.5 0.5 0.5 2.0 2.0 0
+  train mesa-0.5x0.5x2 configs/cpu-mesa-0.5x0.5x2.toml "$DATA/mesa-0.5x0.5x2-m0"
+fi
+if want mesa-0.7639x0.7639x3; then
+  synth "$DATA/mesa-0.7639x0.7639x3-m0" 3 800 0.7639 0.7639 0.7639 0.7639 3.0 3.0 0
+  train mesa-0.7639x0.7639x3 configs/cpu-mesa-0.7639x0.7639x3.toml "$DATA/mesa-0.7639x0.7639x3-m0"
+fi
+echo "train-cpu.sh: $MODELS at $STEPS steps"
