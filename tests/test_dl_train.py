@@ -181,6 +181,47 @@ def test_whole_volume_validation_logs_and_selects_the_best(data, tmp_path):
     assert done["best_score"] == pytest.approx(res["best_score"], rel=1e-6)
 
 
+def test_weight_average_known_values_and_exact_resume(data, tmp_path):
+    from metaqsm.dl.train import _EMA
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    ema = _EMA(lin, 0.5)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema.update(lin)  # warm-up decay min(0.5, 2/11) = 2/11: 0 + (1 - 2/11) * (1 - 0)
+    assert float(ema.net.weight) == pytest.approx(9 / 11)
+    for _ in range(3):
+        ema.update(lin)
+    # the gap to 1 shrinks by the decay of each update: 2/11, 3/12, 4/13, 5/14 (all below 0.5)
+    assert float(ema.net.weight) == pytest.approx(1 - (2 / 11) * (3 / 12) * (4 / 13) * (5 / 14))
+    for _ in range(4):
+        ema.update(lin)
+    gap = 1 - float(ema.net.weight)
+    assert gap > 1e-4
+    ema.update(lin)  # update 9: (1 + 9) / (10 + 9) > 0.5, so the decay is 0.5: the gap halves
+    assert 1 - float(ema.net.weight) == pytest.approx(gap * 0.5, rel=2e-3)
+    assert not ema.net.weight.requires_grad
+
+    ds, val = data
+    cfg = tiny_config(ema_decay=0.9)
+    full = train(cfg, out=tmp_path / "a", train_data=ds, val_data=val)
+    part = train(cfg, out=tmp_path / "b", train_data=ds, val_data=val, stop_after=4)
+    assert part["stopped"]
+    done = train(cfg, out=tmp_path / "b", resume=True, train_data=ds, val_data=val)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["ema"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["ema"]
+    assert a["updates"] == b["updates"] == 6
+    for k in a["weights"]:
+        torch.testing.assert_close(a["weights"][k], b["weights"][k], rtol=1e-5, atol=1e-7)
+    raw = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(raw[k], a["weights"][k]) for k in raw if raw[k].is_floating_point())
+    assert done["best_val_loss"] == pytest.approx(full["best_val_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="run.ema_decay must be a number in"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ["run.ema_decay=1.0"]))
+
+
 def test_log_of_an_earlier_version_is_upgraded(tmp_path):
     from metaqsm.dl.train import LOG_FIELDS, _append_log
 

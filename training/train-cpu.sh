@@ -11,7 +11,8 @@
 # inference, a whole brain whose every source is inside the volume (docs/training.md).
 #
 # Checkpoint selection: best.safetensors is the step with the lowest RMSE over 4 whole synthetic
-# volumes of 128 x 128 x 64 (run.val_volumes, run.select_by), not over the 64 x 64 x 32 patches.
+# volumes of 128 x 128 x 64 (run.val_volumes, run.select_by), not over the 64 x 64 x 32 patches,
+# of the moving average of the weights (run.ema_decay = 0.99), not of the raw weights.
 #
 # Resumable at every level: a data set that exists is not regenerated (same seed, same samples);
 # a run folder with last.pt continues from it; otherwise the state committed at the end of the
@@ -44,9 +45,9 @@ train() {  # train NAME CONFIG DATA
     if [ -f "training/$name/best.safetensors" ]; then cp "training/$name/best.safetensors" "$out/"; fi
   fi
   if [ -f "$out/last.pt" ]; then
-    # runs begun before whole-volume validation existed get it on resume (as in the configs)
+    # runs begun before whole-volume validation and the weight average get them on resume (as the configs)
     metaqsm train --out "$out" --resume --steps "$STEPS" --no-progress \
-      run.val_volumes=4 'run.select_by="vol_rmse"' || true
+      run.val_volumes=4 'run.select_by="vol_rmse"' run.ema_decay=0.99 || true
   else
     metaqsm train --config "$config" --data "$data/synth.h5" --out "$out" --steps "$STEPS" \
       --no-progress || true
