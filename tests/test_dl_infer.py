@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -160,7 +162,7 @@ def test_invert_without_shipped_models(case, monkeypatch, tmp_path):
         invert_mesa(field, mask, voxel_size=(0.5, 0.5, 2.0))
 
 
-def test_cli_invert_meta_with_weights(case, tmp_path):
+def test_cli_invert_meta_with_weights(case, tmp_path, capsys):
     import nibabel as nib
 
     from metaqsm.cli import main
@@ -177,3 +179,26 @@ def test_cli_invert_meta_with_weights(case, tmp_path):
     chi = np.asarray(nib.load(str(out)).dataobj)
     np.testing.assert_allclose(chi, reconstruct(_tiny_meta(), field, mask, voxel_size=VSZ),
                                rtol=1e-5, atol=1e-6)
+    # --refine: the network's map pulled towards the field, with the chosen iterations and mu
+    out2 = tmp_path / "chi-refined.nii.gz"
+    assert main(["invert", str(tmp_path / "field.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"),
+                 "--method", "meta", "--weights", str(weights), "--refine", "--refine-iter", "3",
+                 "--refine-mu", "0.05", "-o", str(out2)]) == 0
+    expected = refine_data_consistency(reconstruct(_tiny_meta(), field, mask, voxel_size=VSZ),
+                                       field, mask, voxel_size=VSZ, mu=0.05, max_iter=3)
+    np.testing.assert_allclose(np.asarray(nib.load(str(out2)).dataobj), expected, rtol=1e-4,
+                               atol=1e-6)
+    sidecar = json.loads((tmp_path / "chi-refined.json").read_text())
+    assert sidecar["Parameters"]["refine"] is True and sidecar["Parameters"]["refine_iter"] == 3
+    base = ["invert", str(tmp_path / "field.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"),
+            "-o", str(tmp_path / "x.nii.gz")]
+    for extra, message in (
+            (["--method", "meta", "--weights", str(weights), "--refine-iter", "3"],
+             "--refine-iter sets the refinement, which is off: add --refine"),
+            (["--method", "meta", "--weights", str(weights), "--refine", "--refine-mu", "0"],
+             "--refine-mu must be positive"),
+            (["--method", "tkd", "--refine"], "--refine is not an option of method 'tkd'")):
+        capsys.readouterr()
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists()

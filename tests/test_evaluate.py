@@ -351,6 +351,45 @@ def test_paper_suite_design_with_stand_in_networks(tmp_path, monkeypatch):
     assert only.groups[1].specs == [] and only.groups[2].specs == []
 
 
+def test_meta_with_data_consistency_is_a_column_of_its_own(tmp_path, monkeypatch):
+    """``meta+dc``: the Meta-QSM network called with refine=True, in its own column, never a
+    target that Meta-QSM must beat."""
+    import metaqsm.inversion as inv
+    from metaqsm.evaluate import suites
+    from metaqsm.evaluate.report import target_checks
+
+    spec = suites.default_spec("meta+dc")
+    assert (spec.label, spec.method, spec.params) == ("Meta-QSM + DC", "meta", {"refine": True})
+    assert suites.check_methods(["tkd", "meta+dc"]) == ("tkd", "meta+dc")
+    with pytest.raises(ValueError, match=r"--methods must be among .*meta\+dc, got 'meta-dc'"):
+        suites.check_methods(["meta-dc"])
+    assert "meta+dc" in suites.PAPER_METHODS
+    calls = []
+    real_get = inv.get_method
+
+    def stand_in(field, mask, *, voxel_size, b0_dir, weights=None, device="cpu", refine=False):
+        calls.append(refine)
+        chi = real_get("tkd")(field, mask, voxel_size=voxel_size, b0_dir=b0_dir)
+        return chi * (1.0 if refine else 0.5)
+
+    monkeypatch.setattr(inv, "get_method", lambda name: stand_in if name == "meta" else real_get(name))
+    monkeypatch.setattr(suites, "_testset_case", lambda name, i: suites._phantom_case(
+        i, (32, 32, 16), (1.0, 1.0, 2.0), 0.0, 0.002, 0))
+    import metaqsm.dl.registry as registry
+
+    monkeypatch.setattr(registry, "shipped_path", lambda name: f"/models/{name}.safetensors")
+    res = run_suite(build_suite("paper", methods=["tkd", "meta", "meta+dc"], n=1), tmp_path / "p",
+                    progress=False)
+    assert not res["unavailable"] and sorted(calls) == [False, False, False, True]  # + tables 2-3
+    rows = {r["label"]: r for r in _rows(tmp_path / "p") if r["group"] == "table1"}
+    assert set(rows) == {"TKD", "Meta-QSM", "Meta-QSM + DC"}
+    assert float(rows["Meta-QSM + DC"]["rmse"]) == pytest.approx(float(rows["TKD"]["rmse"]), rel=1e-5)
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())["groups"]
+    man = json.loads((tmp_path / "p" / "suite.json").read_text())
+    checks = [c for _, c, _, _ in target_checks(man, summary)]
+    assert "RMSE better than TKD" in checks and not any("DC" in c for c in checks)
+
+
 def test_sweeps_tilt_the_same_scene_and_plot(tmp_path, monkeypatch):
     from metaqsm.evaluate import suites
 

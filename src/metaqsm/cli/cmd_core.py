@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validate import as_b0_dir, as_mask, as_positive, as_volume, as_voxel_size
+from .._validate import as_b0_dir, as_int, as_mask, as_positive, as_volume, as_voxel_size
 from .._version import __version__
 from ..io.derivatives import sidecar_path
 from . import _common
@@ -37,6 +37,9 @@ METHOD_OPTIONS = {
     "device": ("--device", ("device",)),
     "regulariser": ("--regulariser", ("regulariser", "regularizer")),
     "pad": ("--pad", ("pad",)),
+    "refine": ("--refine", ("refine",)),
+    "refine_iter": ("--refine-iter", ("refine_iter",)),
+    "refine_mu": ("--refine-mu", ("refine_mu",)),
 }
 
 METRIC_KEYS = ("rmse", "nrmse_demeaned", "hfen", "ssim", "xsim", "correlation")
@@ -111,6 +114,14 @@ def register(subparsers):
                    help="network checkpoint (meta, mesa; default: the shipped one)")
     g.add_argument("--device", default=None, metavar="cpu|cuda",
                    help="device for the networks (meta, mesa)")
+    g.add_argument("--refine", action="store_const", const=True, default=None,
+                   help="meta, mesa: pull the network's map towards the field with a few CG "
+                        "iterations of ||M (D chi - f)||^2 + mu ||chi - chi_net||^2 (off by "
+                        "default)")
+    g.add_argument("--refine-iter", dest="refine_iter", type=int, default=None,
+                   help="CG iterations of --refine (default 20)")
+    g.add_argument("--refine-mu", dest="refine_mu", type=float, default=None,
+                   help="proximity weight mu of --refine (default 0.01)")
     g.add_argument("--regulariser", default=None,
                    help="regulariser (tikhonov: identity, gradient or laplacian)")
     g.add_argument("--pad", default=None, metavar="auto|N",
@@ -289,6 +300,13 @@ def run_invert(args):
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
     func = _resolve_method(args.method)
     chosen = _method_kwargs(args.method, func, args)
+    for dest, flag in (("refine_iter", "--refine-iter"), ("refine_mu", "--refine-mu")):
+        if dest in chosen and not args.refine:
+            raise ValueError(f"{flag} sets the refinement, which is off: add --refine")
+    if args.refine_iter is not None:
+        as_int(args.refine_iter, "--refine-iter", minimum=1)
+    if args.refine_mu is not None:
+        as_positive(args.refine_mu, "--refine-mu")
     _check_inputs_exist([("field", args.field), ("--mask", args.mask),
                          ("--magnitude", args.magnitude), ("--weights", args.weights)])
     json_out = sidecar_path(out)

@@ -40,8 +40,9 @@ def register(subparsers):
     p.add_argument("--magnitude", metavar="NIFTI", help="magnitude for MEDI's edge mask (optional)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder")
     p.add_argument("--methods", nargs="+", metavar="NAME", default=None,
-                   help="methods to compare (default: the suite's; tkd ilsqr medi tv meta for a "
-                        "user case)")
+                   help="methods to compare: registered inversions, and meta+dc (Meta-QSM "
+                        "followed by its data-consistency refinement) (default: the suite's; tkd "
+                        "ilsqr medi tv meta meta+dc for a user case)")
     p.add_argument("--n", type=int, default=None, help="at most N volumes per test set (default: all)")
     p.add_argument("--figure-cases", type=int, default=1, metavar="N",
                    help="slice figures of the first N volumes of each table")

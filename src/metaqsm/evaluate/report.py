@@ -404,7 +404,7 @@ def target_checks(man, summary):
         if not meta or not meta["n"]:
             continue
         for lab, e in entries.items():
-            if lab == META or not e["n"]:
+            if lab == META or not e["n"] or e.get("method") == "meta":  # itself, or a variant
                 continue
             own_mesa = e["method"] == "mesa" and "as is" not in lab and "interpolated" not in lab \
                 and g["name"] in ("table2", "table3")

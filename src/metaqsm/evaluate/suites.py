@@ -48,6 +48,11 @@ DISPLAY = {
     "mesa": "Mesa-QSM",
 }
 NETWORKS = ("meta", "mesa")
+# Evaluation-only variants of a registered method: name -> (method, parameters, display name).
+# "meta+dc": Meta-QSM followed by its data-consistency refinement (metaqsm.dl.infer).
+VARIANTS = {
+    "meta+dc": ("meta", {"refine": True}, "Meta-QSM + DC"),
+}
 
 # The paper's parameters (section 3.4): TKD threshold 0.20, MEDI regularisation factor 1000.
 PAPER_PARAMS = {
@@ -55,9 +60,9 @@ PAPER_PARAMS = {
     "medi": {"lam": 1000.0},
 }
 
-PAPER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
+PAPER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta", "meta+dc")
 QUICK_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
-USER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
+USER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta", "meta+dc")
 
 # The two Mesa-QSM resolutions of the paper (section 3.2), mm.
 MESA_RESOLUTIONS = {
@@ -190,8 +195,12 @@ def default_spec(name, params=None):
     """The spec of a registered method with the paper's parameters (or ``params``)."""
     from ..inversion import METHODS
 
+    if name in VARIANTS:
+        method, extra, label = VARIANTS[name]
+        p = {**PAPER_PARAMS.get(method, {}), **extra} if params is None else dict(params)
+        return MethodSpec(label=label, method=method, params=p)
     if name not in METHODS:
-        raise ValueError(f"--methods must be among {', '.join(METHODS)}, got {name!r}")
+        raise ValueError(f"--methods must be among {', '.join((*METHODS, *VARIANTS))}, got {name!r}")
     p = dict(PAPER_PARAMS.get(name, {})) if params is None else dict(params)
     return MethodSpec(label=DISPLAY.get(name, name), method=name, params=p)
 
@@ -206,8 +215,8 @@ def check_methods(methods):
         methods = [methods]
     out = []
     for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"--methods must be among {', '.join(METHODS)}, got {m!r}")
+        if m not in METHODS and m not in VARIANTS:
+            raise ValueError(f"--methods must be among {', '.join((*METHODS, *VARIANTS))}, got {m!r}")
         if m not in out:
             out.append(m)
     if not out:
