@@ -222,6 +222,31 @@ def test_weight_average_known_values_and_exact_resume(data, tmp_path):
         validate_config(apply_overrides(DEFAULT_CONFIG, ["run.ema_decay=1.0"]))
 
 
+def test_fine_tuning_starts_from_a_checkpoint(data, tmp_path):
+    from metaqsm.dl.registry import save_checkpoint
+
+    ds, val = data
+    train(tiny_config(steps=1), out=tmp_path / "a", train_data=ds, val_data=val)  # from scratch
+    torch.manual_seed(123)
+    start = MetaQSM(depth=2, base=4, basis=2, hidden=8)  # the tiny config's network, other weights
+    ckpt = save_checkpoint(tmp_path / "start.safetensors", start)
+    tuned = train(tiny_config(steps=2, init_weights=str(ckpt), ckpt_every=1), out=tmp_path / "b",
+                  train_data=ds, val_data=val, stop_after=1)
+    assert tuned["step"] == 1
+    # the first step moved the weights away from the checkpoint's, not from a random start
+    after = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    fresh = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    key = next(k for k in after if after[k].is_floating_point() and after[k].numel() > 8)
+    d_start = float((after[key] - start.state_dict()[key]).abs().max())
+    d_fresh = float((after[key] - fresh[key]).abs().max())
+    assert d_start < 0.1 * d_fresh
+    with pytest.raises(ValueError, match="run.init_weights .* holds a 'mesa' network"):
+        mesa = save_checkpoint(tmp_path / "mesa.safetensors", MesaQSM(depth=2, base=4))
+        train(tiny_config(init_weights=str(mesa)), out=tmp_path / "c", train_data=ds, val_data=val)
+    with pytest.raises(ValueError, match="run.init_weights must be a checkpoint path"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ["run.init_weights=3"]))
+
+
 def test_log_of_an_earlier_version_is_upgraded(tmp_path):
     from metaqsm.dl.train import LOG_FIELDS, _append_log
 

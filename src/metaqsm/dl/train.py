@@ -110,6 +110,9 @@ DEFAULT_CONFIG = {
         # exponential moving average of the weights (not in the paper): validated and kept in
         # best.safetensors instead of the raw weights; 0: off, 0.99: a window of ~100 steps
         "ema_decay": 0.0,
+        # fine-tuning: start a new run from the weights of this checkpoint (a .safetensors file
+        # or a shipped model name) instead of a random initialisation; the architecture must match
+        "init_weights": "",
     },
 }
 
@@ -201,6 +204,9 @@ def validate_config(config):
     if (isinstance(r["ema_decay"], bool) or not isinstance(r["ema_decay"], (int, float))
             or not 0 <= r["ema_decay"] < 1):
         raise ValueError(f"run.ema_decay must be a number in [0, 1), got {r['ema_decay']!r}")
+    if not isinstance(r["init_weights"], str):
+        raise ValueError(f"run.init_weights must be a checkpoint path or shipped name, got "
+                         f"{r['init_weights']!r}")
     if r["select_by"] not in SELECT_BY:
         raise ValueError(f"run.select_by must be one of {', '.join(SELECT_BY)}, got {r['select_by']!r}")
     if r["select_by"] == "vol_rmse" and r["val_volumes"] < 1:
@@ -682,6 +688,18 @@ def _validate(model, val, cfg, device, amp_dtype):
     return out
 
 
+def _init_from(model, weights):
+    """Copy the weights of checkpoint ``weights`` into ``model`` (same network and config)."""
+    from .registry import load_model
+
+    src = load_model(weights, cache=False)
+    if src.model_name != model.model_name or src.config != model.config:
+        raise ValueError(f"run.init_weights {weights} holds a {src.model_name!r} network with "
+                         f"{src.config}, but the run builds a {model.model_name!r} network with "
+                         f"{model.config}")
+    model.load_state_dict(src.state_dict())
+
+
 # ---------------------------------------------------------------------------- weight average
 class _EMA:
     """Exponential moving average of a network's parameters (buffers, e.g. BatchNorm statistics,
@@ -822,6 +840,9 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
         # else: the criterion changed on resume; the next validation sets the best
         position = int(state["positions"][rank]) if rank < len(state["positions"]) else int(state["positions"][0])
         _set_rng_state(state["rng"])
+
+    if state is None and r["init_weights"]:
+        _init_from(model, r["init_weights"])
 
     ema = None
     if r["ema_decay"] > 0:
