@@ -200,3 +200,36 @@ def test_prior_errors():
         MetaQSM(**TINY, prior="medi")
     with pytest.raises(ValueError, match="voxel_size"):
         MesaQSM(**TINY, prior="tkd")(torch.zeros(1, 1, 8, 8, 8))
+
+
+@pytest.mark.parametrize("cls,kw", [(MetaQSM, dict(basis=2, hidden=8)), (MesaQSM, {})])
+def test_zero_mean_correction_keeps_the_priors_mean_on_the_support(cls, kw):
+    from metaqsm.dl.layers import Geometry
+    from metaqsm.dl.unet import tkd_prior
+
+    torch.manual_seed(1)
+    free = cls(**TINY, **kw, prior="tkd")
+    with torch.no_grad():  # a head that changes the output (an untrained one returns the prior)
+        for p in free.head.parameters():
+            p.normal_(0.0, 0.5)
+    zero = cls(**TINY, **kw, prior="tkd", correction_mean="zero")
+    zero.load_state_dict(free.state_dict())
+    x = torch.randn(2, 1, 12, 10, 9) * 0.05
+    x[:, :, :3] = 0  # outside the mask: the field is zero there
+    vs = torch.tensor([[1.0, 1.0, 2.0], [0.7, 0.7, 1.0]])
+    support = x != 0
+    with torch.no_grad():
+        prior = tkd_prior(x, Geometry(vs, None, batch=2))
+        a, b = free.eval()(x, vs), zero.eval()(x, vs)
+    for i in range(2):
+        m = support[i, 0]
+        assert abs(float(a[i, 0][m].mean() - prior[i, 0][m].mean())) > 1e-4  # free: moved
+        assert float(b[i, 0][m].mean()) == pytest.approx(float(prior[i, 0][m].mean()), abs=1e-6)
+        # only the mean changed: the two differ by a constant
+        d = (a - b)[i, 0]
+        assert float(d.max() - d.min()) < 1e-5
+    assert zero.config["correction_mean"] == "zero" and free.config["correction_mean"] == "free"
+    with pytest.raises(ValueError, match="correction_mean must be one of"):
+        cls(**TINY, **kw, prior="tkd", correction_mean="mask")
+    with pytest.raises(ValueError, match="correction_mean='zero' needs a prior"):
+        cls(**TINY, **kw, correction_mean="zero")

@@ -693,11 +693,14 @@ def _init_from(model, weights):
     from .registry import load_model
 
     src = load_model(weights, cache=False)
-    if src.model_name != model.model_name or src.config != model.config:
+    mine, theirs = model.state_dict(), src.state_dict()
+    same = (src.model_name == model.model_name and mine.keys() == theirs.keys()
+            and all(mine[k].shape == theirs[k].shape for k in mine))
+    if not same:  # options that change no parameter (e.g. correction_mean) may differ
         raise ValueError(f"run.init_weights {weights} holds a {src.model_name!r} network with "
                          f"{src.config}, but the run builds a {model.model_name!r} network with "
-                         f"{model.config}")
-    model.load_state_dict(src.state_dict())
+                         f"{model.config}: their parameters differ")
+    model.load_state_dict(theirs)
 
 
 # ---------------------------------------------------------------------------- weight average

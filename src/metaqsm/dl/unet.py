@@ -42,10 +42,12 @@ from ..kernels import dipole_kernel
 from .layers import Conv3d, DoubleConv, Geometry, WPConv3d
 from .registry import register_model
 
-__all__ = ["MetaQSM", "MesaQSM", "count_parameters", "tkd_prior", "PRIORS"]
+__all__ = ["MetaQSM", "MesaQSM", "count_parameters", "tkd_prior", "PRIORS", "CORRECTION_MEANS"]
 
 #: Names of the physics priors a network can take (see the module docstring).
 PRIORS = ("none", "tkd")
+#: What the correction to the prior may do to the mean (see ``correction_mean``).
+CORRECTION_MEANS = ("free", "zero")
 #: Truncation level of the TKD prior (the paper's TKD threshold).
 PRIOR_THRESHOLD = 0.2
 
@@ -94,10 +96,18 @@ class _QSMUNet(nn.Module):
 
     model_name = None
 
-    def __init__(self, *, depth, base, input_scale, output_scale, prior="none"):
+    def __init__(self, *, depth, base, input_scale, output_scale, prior="none",
+                 correction_mean="free"):
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        if correction_mean not in CORRECTION_MEANS:
+            raise ValueError(f"correction_mean must be one of {', '.join(CORRECTION_MEANS)}, got "
+                             f"{correction_mean!r}")
+        if correction_mean == "zero" and prior == "none":
+            raise ValueError("correction_mean='zero' needs a prior (prior='tkd'): without one "
+                             "the network's output has no correction to constrain")
+        self.correction_mean = correction_mean
         if int(depth) != depth or depth < 1:
             raise ValueError(f"depth must be a positive integer, got {depth!r}")
         if int(base) != base or base < 1:
@@ -181,6 +191,13 @@ class _QSMUNet(nn.Module):
         out = self.head(h, geom) / self.output_scale
         if any(pad):
             out = out[:, :, :size[0], :size[1], :size[2]]
+        if self.correction_mean == "zero":
+            # the field does not determine the mean susceptibility (D(0) = 0): the correction
+            # keeps none of its own inside the support of the (masked) field, which then has
+            # the prior's mean
+            support = (x != 0).to(out.dtype)
+            n = support.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
+            out = out - (out * support).sum(dim=(2, 3, 4), keepdim=True) / n
         if prior is not None:
             out = out + prior.to(out.dtype)
         return out.contiguous()
@@ -210,6 +227,12 @@ class MetaQSM(_QSMUNet):
     prior : {"none", "tkd"}
         "none" (default): the paper's network, field in, susceptibility out. "tkd": also feed
         the TKD of the field and predict a correction to it (see the module docstring).
+    correction_mean : {"free", "zero"}
+        With a prior: "free" (default) lets the correction shift the mean susceptibility;
+        "zero" removes the correction's mean over the field's support (its non-zero voxels:
+        the mask, since inputs are masked), so the output has the prior's mean there. The
+        field carries no information on the mean, and a network that guesses it can be far off
+        on a whole brain (docs/networks.md).
 
     References
     ----------
@@ -219,12 +242,12 @@ class MetaQSM(_QSMUNet):
 
     def __init__(self, *, depth: int = 4, base: int = 32, basis: int = 2, hidden: int = 32,
                  basis_gain: float = 0.5, input_scale: float = 10.0, output_scale: float = 10.0,
-                 prior: str = "none"):
+                 prior: str = "none", correction_mean: str = "free"):
         self.basis = int(basis)
         self.hidden = int(hidden)
         self.basis_gain = float(basis_gain)
         super().__init__(depth=depth, base=base, input_scale=input_scale, output_scale=output_scale,
-                         prior=prior)
+                         prior=prior, correction_mean=correction_mean)
 
     def _conv(self, cin, cout, k, bias=True):
         return WPConv3d(cin, cout, k, hidden=self.hidden, basis=self.basis, bias=bias,
@@ -238,15 +261,15 @@ class MesaQSM(_QSMUNet):
 
     Parameters
     ----------
-    depth, base, input_scale, output_scale, prior :
-        As in :class:`MetaQSM` (defaults 4, 32, 10, 10, "none"). With ``prior="tkd"`` the prior
+    depth, base, input_scale, output_scale, prior, correction_mean :
+        As in :class:`MetaQSM` (defaults 4, 32, 10, 10, "none", "free"). With ``prior="tkd"`` the prior
         (not the network) uses the voxel size and B0 direction, which are then required.
     """
 
     def __init__(self, *, depth: int = 4, base: int = 32, input_scale: float = 10.0,
-                 output_scale: float = 10.0, prior: str = "none"):
+                 output_scale: float = 10.0, prior: str = "none", correction_mean: str = "free"):
         super().__init__(depth=depth, base=base, input_scale=input_scale, output_scale=output_scale,
-                         prior=prior)
+                         prior=prior, correction_mean=correction_mean)
 
     def _conv(self, cin, cout, k, bias=True):
         return Conv3d(cin, cout, k, bias=bias)
