@@ -233,3 +233,27 @@ def test_zero_mean_correction_keeps_the_priors_mean_on_the_support(cls, kw):
         cls(**TINY, **kw, prior="tkd", correction_mean="mask")
     with pytest.raises(ValueError, match="correction_mean='zero' needs a prior"):
         cls(**TINY, **kw, correction_mean="zero")
+
+
+@pytest.mark.parametrize("cls,kw", [(MetaQSM, dict(basis=2, hidden=8)), (MesaQSM, {})])
+def test_scale_equivariant_network_scales_with_the_field(cls, kw):
+    torch.manual_seed(2)
+    net = cls(**TINY, **kw, prior="tkd", correction_mean="zero", scale_equivariant=True).eval()
+    with torch.no_grad():
+        for p in net.head.parameters():
+            p.normal_(0.0, 0.5)
+    plain = cls(**TINY, **kw, prior="tkd", correction_mean="zero").eval()
+    plain.load_state_dict(net.state_dict())
+    x = torch.randn(1, 1, 12, 10, 9) * 0.014
+    x[:, :, :2] = 0
+    vs = torch.tensor([[1.0, 1.0, 2.0]])
+    with torch.no_grad():
+        y = net(x, vs)
+        for a in (0.1, 3.0):
+            torch.testing.assert_close(net(a * x, vs), a * y, rtol=1e-4, atol=1e-7)
+        # a field at the reference amplitude goes through unchanged
+        ref = x * (0.014 / float(x[x != 0].pow(2).mean().sqrt()))
+        torch.testing.assert_close(net(ref, vs), plain(ref, vs), rtol=1e-4, atol=1e-7)
+    assert net.config["scale_equivariant"] is True
+    with pytest.raises(ValueError, match="scale_equivariant must be True or False"):
+        cls(**TINY, **kw, scale_equivariant="yes")

@@ -42,10 +42,15 @@ from ..kernels import dipole_kernel
 from .layers import Conv3d, DoubleConv, Geometry, WPConv3d
 from .registry import register_model
 
-__all__ = ["MetaQSM", "MesaQSM", "count_parameters", "tkd_prior", "PRIORS", "CORRECTION_MEANS"]
+__all__ = ["MetaQSM", "MesaQSM", "count_parameters", "tkd_prior", "PRIORS", "CORRECTION_MEANS",
+           "FIELD_RMS_REF"]
 
 #: Names of the physics priors a network can take (see the module docstring).
 PRIORS = ("none", "tkd")
+#: Typical root-mean-square of a local field inside the brain, ppm (the median over the CPU
+#: models' training patches, 0.014; 10-90 %: 0.007-0.035): the amplitude a scale-equivariant
+#: network sees every field at (``scale_equivariant``).
+FIELD_RMS_REF = 0.014
 #: What the correction to the prior may do to the mean (see ``correction_mean``).
 CORRECTION_MEANS = ("free", "zero")
 #: Truncation level of the TKD prior (the paper's TKD threshold).
@@ -97,8 +102,11 @@ class _QSMUNet(nn.Module):
     model_name = None
 
     def __init__(self, *, depth, base, input_scale, output_scale, prior="none",
-                 correction_mean="free"):
+                 correction_mean="free", scale_equivariant=False):
         super().__init__()
+        if not isinstance(scale_equivariant, bool):
+            raise ValueError(f"scale_equivariant must be True or False, got {scale_equivariant!r}")
+        self.scale_equivariant = scale_equivariant
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
         if correction_mean not in CORRECTION_MEANS:
@@ -164,6 +172,16 @@ class _QSMUNet(nn.Module):
             shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
             raise ValueError(f"x must be a tensor of shape (batch, 1, X, Y, Z) (field in ppm), got {shape}")
         geom = self._geometry(x, voxel_size, b0_dir)
+        gain = None
+        if self.scale_equivariant:
+            # the inversion is linear: chi(a f) = a chi(f). The network sees every field at the
+            # training data's typical amplitude and its output is scaled back, so that a
+            # low-contrast brain gets a correction of its own size, not a typical one
+            support = (x != 0).to(x.dtype)
+            n = support.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
+            rms = ((x * x * support).sum(dim=(2, 3, 4), keepdim=True) / n).sqrt()
+            gain = FIELD_RMS_REF / rms.clamp_min(1e-6 * FIELD_RMS_REF)
+            x = x * gain
         size = x.shape[2:]
         d = self.divisor
         pad = [(-n) % d for n in size]
@@ -200,6 +218,8 @@ class _QSMUNet(nn.Module):
             out = out - (out * support).sum(dim=(2, 3, 4), keepdim=True) / n
         if prior is not None:
             out = out + prior.to(out.dtype)
+        if gain is not None:
+            out = out / gain
         return out.contiguous()
 
 
@@ -233,6 +253,12 @@ class MetaQSM(_QSMUNet):
         the mask, since inputs are masked), so the output has the prior's mean there. The
         field carries no information on the mean, and a network that guesses it can be far off
         on a whole brain (docs/networks.md).
+    scale_equivariant : bool
+        False (default): the network maps fields of every amplitude with the same weights,
+        biases and normalisations. True: each field is scaled to the typical amplitude
+        :data:`FIELD_RMS_REF` (by its root-mean-square over its non-zero voxels) on the way in
+        and the output scaled back, so that ``model(a * x) == a * model(x)`` for ``a > 0``, as
+        for the dipole inversion itself.
 
     References
     ----------
@@ -242,12 +268,14 @@ class MetaQSM(_QSMUNet):
 
     def __init__(self, *, depth: int = 4, base: int = 32, basis: int = 2, hidden: int = 32,
                  basis_gain: float = 0.5, input_scale: float = 10.0, output_scale: float = 10.0,
-                 prior: str = "none", correction_mean: str = "free"):
+                 prior: str = "none", correction_mean: str = "free",
+                 scale_equivariant: bool = False):
         self.basis = int(basis)
         self.hidden = int(hidden)
         self.basis_gain = float(basis_gain)
         super().__init__(depth=depth, base=base, input_scale=input_scale, output_scale=output_scale,
-                         prior=prior, correction_mean=correction_mean)
+                         prior=prior, correction_mean=correction_mean,
+                         scale_equivariant=scale_equivariant)
 
     def _conv(self, cin, cout, k, bias=True):
         return WPConv3d(cin, cout, k, hidden=self.hidden, basis=self.basis, bias=bias,
@@ -261,15 +289,17 @@ class MesaQSM(_QSMUNet):
 
     Parameters
     ----------
-    depth, base, input_scale, output_scale, prior, correction_mean :
-        As in :class:`MetaQSM` (defaults 4, 32, 10, 10, "none", "free"). With ``prior="tkd"`` the prior
+    depth, base, input_scale, output_scale, prior, correction_mean, scale_equivariant :
+        As in :class:`MetaQSM` (defaults 4, 32, 10, 10, "none", "free", False). With ``prior="tkd"`` the prior
         (not the network) uses the voxel size and B0 direction, which are then required.
     """
 
     def __init__(self, *, depth: int = 4, base: int = 32, input_scale: float = 10.0,
-                 output_scale: float = 10.0, prior: str = "none", correction_mean: str = "free"):
+                 output_scale: float = 10.0, prior: str = "none", correction_mean: str = "free",
+                 scale_equivariant: bool = False):
         super().__init__(depth=depth, base=base, input_scale=input_scale, output_scale=output_scale,
-                         prior=prior, correction_mean=correction_mean)
+                         prior=prior, correction_mean=correction_mean,
+                         scale_equivariant=scale_equivariant)
 
     def _conv(self, cin, cout, k, bias=True):
         return Conv3d(cin, cout, k, bias=bias)
