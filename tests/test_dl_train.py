@@ -301,7 +301,9 @@ def test_config_errors(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["paper.toml", "cpu.toml", "cpu-mesa-0.5x0.5x2.toml",
-                                  "cpu-mesa-0.7639x0.7639x3.toml"])
+                                  "cpu-mesa-0.7639x0.7639x3.toml", "cpu-ft128.toml",
+                                  "cpu-mesa-0.5x0.5x2-ft128.toml",
+                                  "cpu-mesa-0.7639x0.7639x3-ft128.toml"])
 def test_shipped_configs_load(name):
     from pathlib import Path
 
