@@ -54,8 +54,15 @@ def main(argv=None):
     info = read_checkpoint_info(run / "best.safetensors")
     extra = info["extra"]
     cfg = json.loads((run / "config.json").read_text())
-    # what the data really are: the manifest `metaqsm synth` wrote beside the HDF5 file
-    manifest = read_manifest(cfg["data"]["path"])
+    if cfg["data"]["source"] == "h5":
+        # what the data really are: the manifest `metaqsm synth` wrote beside the HDF5 file
+        manifest = read_manifest(cfg["data"]["path"])
+    else:  # generated on the fly (stage 2): the stream's own configuration
+        from metaqsm.dl.train import _synth_config
+
+        manifest = {"counts": "stream (a new scene per step, mirror variants)",
+                    "seed": cfg["data"]["seed"], "patch_shape": cfg["data"]["patch_shape"],
+                    "config": _synth_config(cfg).to_dict()}
     synth = manifest["config"]
     rows = (run / "log.csv").read_text().strip().splitlines()
     last_step = int(rows[-1].split(",")[0])
@@ -73,15 +80,20 @@ def main(argv=None):
         "storage": "float16" if cfg["run"].get("half_checkpoint") else "float32",
         "metaqsm_version": extra.get("metaqsm_version"),
         "training": {
-            "config": f"{CONFIGS[a.name]} (resolved: training/{a.name}/config.json)",
+            "config": (f"{CONFIGS[a.name].replace('.toml', '-ft128.toml')} after {CONFIGS[a.name]}"
+                       if cfg["run"].get("init_weights") else CONFIGS[a.name])
+                      + f" (resolved: training/{a.name}/config.json)",
             "steps": last_step,
             "best_step": extra.get("step"),
             "device": f"{cfg['run'].get('device')} ({cfg['run'].get('threads')} threads)",
             "data": {"samples": manifest["counts"], "seed": manifest["seed"],
                      "patch_shape": manifest["patch_shape"],
                      "margin_mm": synth["margin_mm"], "field_pad": synth["field_pad"],
-                     "recipe": "training/train-cpu.sh (metaqsm synth)"},
+                     "recipe": ("generated on the fly (data.source = stream)"
+                                if cfg["data"]["source"] == "stream"
+                                else "training/train-cpu.sh (metaqsm synth)")},
             "command": "bash training/train-cpu.sh",
+            "init_weights": cfg["run"].get("init_weights") or None,
             "log": f"{a.name}-log.csv",
             "curves": f"{a.name}-curves.png",
         },
