@@ -119,7 +119,7 @@ def register(subparsers):
                         "iterations of ||M (D chi - f)||^2 + mu ||chi - chi_net||^2 (off by "
                         "default)")
     g.add_argument("--refine-iter", dest="refine_iter", type=int, default=None,
-                   help="CG iterations of --refine (default 20)")
+                   help="CG iterations of --refine (default 10)")
     g.add_argument("--refine-mu", dest="refine_mu", type=float, default=None,
                    help="proximity weight mu of --refine (default 0.01)")
     g.add_argument("--regulariser", default=None,

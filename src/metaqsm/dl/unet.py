@@ -172,13 +172,15 @@ class _QSMUNet(nn.Module):
             shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
             raise ValueError(f"x must be a tensor of shape (batch, 1, X, Y, Z) (field in ppm), got {shape}")
         geom = self._geometry(x, voxel_size, b0_dir)
-        gain = None
+        gain = support = None
+        if self.scale_equivariant or self.correction_mean == "zero":
+            # the field's support: its non-zero voxels (the mask, since inputs are masked)
+            support = (x != 0).to(x.dtype)
+            n = support.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
         if self.scale_equivariant:
             # the inversion is linear: chi(a f) = a chi(f). The network sees every field at the
             # training data's typical amplitude and its output is scaled back, so that a
             # low-contrast brain gets a correction of its own size, not a typical one
-            support = (x != 0).to(x.dtype)
-            n = support.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
             rms = ((x * x * support).sum(dim=(2, 3, 4), keepdim=True) / n).sqrt()
             gain = FIELD_RMS_REF / rms.clamp_min(1e-6 * FIELD_RMS_REF)
             x = x * gain
@@ -211,11 +213,9 @@ class _QSMUNet(nn.Module):
             out = out[:, :, :size[0], :size[1], :size[2]]
         if self.correction_mean == "zero":
             # the field does not determine the mean susceptibility (D(0) = 0): the correction
-            # keeps none of its own inside the support of the (masked) field, which then has
-            # the prior's mean
-            support = (x != 0).to(out.dtype)
-            n = support.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
-            out = out - (out * support).sum(dim=(2, 3, 4), keepdim=True) / n
+            # keeps none of its own inside the support of the field, which then has the
+            # prior's mean
+            out = out - (out * support.to(out.dtype)).sum(dim=(2, 3, 4), keepdim=True) / n.to(out.dtype)
         if prior is not None:
             out = out + prior.to(out.dtype)
         if gain is not None:
@@ -290,8 +290,9 @@ class MesaQSM(_QSMUNet):
     Parameters
     ----------
     depth, base, input_scale, output_scale, prior, correction_mean, scale_equivariant :
-        As in :class:`MetaQSM` (defaults 4, 32, 10, 10, "none", "free", False). With ``prior="tkd"`` the prior
-        (not the network) uses the voxel size and B0 direction, which are then required.
+        As in :class:`MetaQSM` (defaults 4, 32, 10, 10, "none", "free", False). With
+        ``prior="tkd"`` the prior (not the network) uses the voxel size and B0 direction, which
+        are then required.
     """
 
     def __init__(self, *, depth: int = 4, base: int = 32, input_scale: float = 10.0,
