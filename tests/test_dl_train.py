@@ -274,24 +274,18 @@ def test_config_errors(tmp_path):
         apply_overrides(DEFAULT_CONFIG, ["optimiser.lr=1"])
     cfg = apply_overrides(DEFAULT_CONFIG, ["lr=3e-4", "steps=5", 'source="h5"', "data.path=x.h5"])
     assert cfg["optim"]["lr"] == 3e-4 and cfg["run"]["steps"] == 5 and cfg["data"]["path"] == "x.h5"
-    with pytest.raises(ValueError, match="optim.lr must be a positive number"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ["optim.lr=0"]))
-    with pytest.raises(ValueError, match="data.path must name an HDF5 file"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ['data.source="h5"']))
-    with pytest.raises(ValueError, match="model.name must be one of"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ['model.name="unet"']))
-    with pytest.raises(ValueError, match="model.basis is not an argument of model 'mesa'"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ['model.name="mesa"', "model.basis=2"]))
-    with pytest.raises(ValueError, match="run.select_by must be one of"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ['run.select_by="ssim"']))
-    with pytest.raises(ValueError, match="needs run.val_volumes >= 1"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ['run.select_by="vol_rmse"']))
-    with pytest.raises(ValueError, match="run.val_volume_shape must be 3 integers"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ["run.val_volume_shape=[64, 64]"]))
-    with pytest.raises(ValueError, match="run.val_volumes must be an integer"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ["run.val_volumes=-1"]))
-    with pytest.raises(ValueError, match="run.amp must be one of"):
-        validate_config(apply_overrides(DEFAULT_CONFIG, ['run.amp="fp8"']))
+    for overrides, message in (
+            (["optim.lr=0"], "optim.lr must be a positive number"),
+            (['data.source="h5"'], "data.path must name an HDF5 file"),
+            (['model.name="unet"'], "model.name must be one of"),
+            (['model.name="mesa"', "model.basis=2"], "model.basis is not an argument of model 'mesa'"),
+            (['run.select_by="ssim"'], "run.select_by must be one of"),
+            (['run.select_by="vol_rmse"'], "needs run.val_volumes >= 1"),
+            (["run.val_volume_shape=[64, 64]"], "run.val_volume_shape must be 3 integers"),
+            (["run.val_volumes=-1"], "run.val_volumes must be an integer"),
+            (['run.amp="fp8"'], "run.amp must be one of")):
+        with pytest.raises(ValueError, match=message):
+            validate_config(apply_overrides(DEFAULT_CONFIG, overrides))
     with pytest.raises(FileNotFoundError, match="configuration file"):
         load_config(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"

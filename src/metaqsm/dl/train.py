@@ -318,15 +318,23 @@ def _val_seed(cfg):
     return d["val_seed"] if d["val_seed"] >= 0 else d["seed"] + 1
 
 
+def _h5_manifest(cfg):
+    """The manifest of the run's HDF5 data set (dict), or None (stream data, or unreadable)."""
+    if cfg["data"]["source"] != "h5":
+        return None
+    from .data import read_manifest
+
+    try:
+        return read_manifest(cfg["data"]["path"])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def _data_seed(cfg):
     """The seed the training data were generated with (an HDF5 set's own, from its manifest)."""
     if cfg["data"]["source"] == "h5":
-        try:
-            from .data import read_manifest
-
-            return read_manifest(cfg["data"]["path"]).get("seed")
-        except (FileNotFoundError, ValueError):
-            return None
+        manifest = _h5_manifest(cfg)
+        return None if manifest is None else manifest.get("seed")
     return cfg["data"]["seed"]
 
 
@@ -335,12 +343,8 @@ def _fixed_voxel_size(cfg):
     manifest of an HDF5 set, else from the stream's configuration."""
     vr = cfg["data"]["synth"].get("voxel_size_range")
     if cfg["data"]["source"] == "h5":
-        try:
-            from .data import read_manifest
-
-            vr = read_manifest(cfg["data"]["path"]).get("config", {}).get("voxel_size_range")
-        except (FileNotFoundError, ValueError, KeyError):
-            vr = None
+        manifest = _h5_manifest(cfg)
+        vr = None if manifest is None else manifest.get("config", {}).get("voxel_size_range")
     if vr is None:
         return None
     vr = np.asarray(vr, float)
@@ -463,15 +467,10 @@ def _volume_config(cfg):
     from ..simulate.synth import SynthConfig
     from ..simulate.testsets import LOCAL_ONLY
 
-    params = None
-    if cfg["data"]["source"] == "h5":
-        try:
-            from .data import read_manifest
-
-            params = dict(read_manifest(cfg["data"]["path"])["config"])
-        except (FileNotFoundError, ValueError, KeyError):
-            params = None
-    if params is None:
+    manifest = _h5_manifest(cfg)
+    if manifest is not None and "config" in manifest:
+        params = dict(manifest["config"])
+    else:
         params = _synth_config(cfg).to_dict()
     params.update(patch_shape=tuple(int(n) for n in cfg["run"]["val_volume_shape"]), **LOCAL_ONLY)
     return SynthConfig.from_dict(params)
@@ -994,6 +993,7 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    return {"step": step, "best_val_loss": best_loss, "best_score": best, "last_train_loss": last_loss, "out": str(out),
+    return {"step": step, "best_val_loss": best_loss, "best_score": best,
+            "last_train_loss": last_loss, "out": str(out),
             "stopped": stopped}
 
