@@ -201,6 +201,8 @@ def test_bad_input_gives_clear_errors(small_phantom, tmp_path, capsys):
         (["--suite", "quick", "--n", "0"], "--n must be >= 1"),
         (["--suite", "quick", "--figure-cases", "-1"], "--figure-cases must be >= 0"),
         (["--suite", "quick", "--mask", str(p["mask"])], "--mask belongs to --field"),
+        (["--field", str(p["field"]), "--mask", str(p["mask"]), "--cache", str(tmp_path)],
+         "--cache belongs to --suite"),
         (["--field", str(p["field"]), "--mask", str(p["mask"]), "--methods", "nope"],
          "--methods must be among"),
     ]
@@ -317,7 +319,7 @@ def test_paper_suite_design_with_stand_in_networks(tmp_path, monkeypatch):
 
     vsz = {"paper": (1.0, 1.0, 2.0), "res_0.5x0.5x2": (0.5, 0.5, 2.0),
            "res_0.7639x0.7639x3": (0.7639, 0.7639, 3.0)}
-    monkeypatch.setattr(suites, "_testset_case", lambda name, i: suites._phantom_case(
+    monkeypatch.setattr(suites, "_testset_case", lambda name, i, cache_dir=None: suites._phantom_case(
         i, (48, 48, 24), vsz[name], 0.0, 0.002, 0))
     monkeypatch.setattr(registry, "shipped_path", lambda name: f"/models/{name}.safetensors")
     calls = []
@@ -373,7 +375,7 @@ def test_meta_with_data_consistency_is_a_column_of_its_own(tmp_path, monkeypatch
         return chi * (1.0 if refine else 0.5)
 
     monkeypatch.setattr(inv, "get_method", lambda name: stand_in if name == "meta" else real_get(name))
-    monkeypatch.setattr(suites, "_testset_case", lambda name, i: suites._phantom_case(
+    monkeypatch.setattr(suites, "_testset_case", lambda name, i, cache_dir=None: suites._phantom_case(
         i, (32, 32, 16), (1.0, 1.0, 2.0), 0.0, 0.002, 0))
     import metaqsm.dl.registry as registry
 
@@ -430,7 +432,7 @@ def test_paper_design_with_real_checkpoints(tmp_path, monkeypatch, capsys):
                                             extra={"voxel_size": list(vsz)})
     vsz = {"paper": (1.0, 1.0, 2.0), "res_0.5x0.5x2": (0.5, 0.5, 2.0),
            "res_0.7639x0.7639x3": (0.7639, 0.7639, 3.0)}
-    monkeypatch.setattr(suites, "_testset_case", lambda name, i: suites._phantom_case(
+    monkeypatch.setattr(suites, "_testset_case", lambda name, i, cache_dir=None: suites._phantom_case(
         i, (40, 40, 20), vsz[name], 0.0, 0.002, 0))
     out = tmp_path / "p"
     rc = main(["evaluate", "--suite", "paper", "--methods", "meta", "mesa", "--n", "1",

@@ -250,10 +250,10 @@ def _phantom_case(index, shape, voxel_size, tilt_deg, noise, seed):
             "labels": ph.labels, "voxel_size": np.asarray(voxel_size, float), "b0_dir": b0}
 
 
-def _testset_case(name, index):
+def _testset_case(name, index, cache_dir=None):
     from ..simulate.testsets import testset_sample
 
-    return dict(testset_sample(name, index))
+    return dict(testset_sample(name, index, cache_dir=cache_dir))
 
 
 def sweep_rng(sweep, index):
@@ -361,12 +361,12 @@ def mesa_weights(res_key):
     return f"mesa-{res_key}"
 
 
-def _paper_suite(methods, n):
+def _paper_suite(methods, n, cache_dir=None):
     from ..simulate.testsets import TESTSETS
 
     groups = []
     total = _testset_size(TESTSETS, "paper")
-    cases = [Case(f"{i:03d}", (lambda i=i: _testset_case("paper", i))) for i in range(_limit(n, total))]
+    cases = [Case(f"{i:03d}", (lambda i=i: _testset_case("paper", i, cache_dir))) for i in range(_limit(n, total))]
     groups.append(Group(
         name="table1", title="Table 1: synthetic test set (256 x 256 x 64, random voxel sizes)",
         cases=cases, specs=_free_specs(methods, PAPER_METHODS),
@@ -376,7 +376,7 @@ def _paper_suite(methods, n):
                                  (3, ("0.7639x0.7639x3", "0.5x0.5x2"))):
         tname = PAPER_RES_TESTSETS[key]
         total = _testset_size(TESTSETS, tname)
-        cases = [Case(f"{i:03d}", (lambda i=i, t=tname: _testset_case(t, i)))
+        cases = [Case(f"{i:03d}", (lambda i=i, t=tname: _testset_case(t, i, cache_dir)))
                  for i in range(_limit(n, total))]
         specs = [
             _mesa_spec(key, key),
@@ -561,7 +561,8 @@ def apply_weights(suite, weights):
     return suite
 
 
-def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, figure_cases=1):
+def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, figure_cases=1,
+                cache_dir=None):
     """Build a named suite.
 
     Parameters
@@ -579,6 +580,9 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, fig
         "mesa-0.5x0.5x2": path, "mesa-0.7639x0.7639x3": path, "mesa": path}`` (any subset).
     figure_cases : int
         Slice figures of the first this many volumes of each table (default 1).
+    cache_dir : path, optional
+        Folder that keeps the generated test-set volumes of the paper suite between runs
+        (:func:`metaqsm.simulate.testsets.testset_sample`); the results do not depend on it.
 
     Returns
     -------
@@ -596,7 +600,7 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, fig
     if name == "quick":
         suite = _quick_suite(methods, n)
     elif name == "paper":
-        suite = _paper_suite(methods, n)
+        suite = _paper_suite(methods, n, cache_dir)
     elif name == "resolution":
         suite = _resolution_suite(methods, n)
     elif name == "orientation":
