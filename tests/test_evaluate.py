@@ -203,6 +203,8 @@ def test_bad_input_gives_clear_errors(small_phantom, tmp_path, capsys):
         (["--suite", "quick", "--mask", str(p["mask"])], "--mask belongs to --field"),
         (["--field", str(p["field"]), "--mask", str(p["mask"]), "--cache", str(tmp_path)],
          "--cache belongs to --suite"),
+        (["--suite", "paper", "--groups", "table4"], "--groups of suite 'paper' must be among "
+         "table1, table2, table3, got table4"),
         (["--field", str(p["field"]), "--mask", str(p["mask"]), "--methods", "nope"],
          "--methods must be among"),
     ]
@@ -351,6 +353,10 @@ def test_paper_suite_design_with_stand_in_networks(tmp_path, monkeypatch):
     only = build_suite("paper", methods=["tkd"], n=1)
     assert [s.label for s in only.groups[0].specs] == ["TKD"]
     assert only.groups[1].specs == [] and only.groups[2].specs == []
+    # --groups keeps whole tables
+    two = build_suite("paper", methods=["meta", "mesa"], n=2, groups=["table2", "table3"])
+    assert [g.name for g in two.groups] == ["table2", "table3"]
+    assert [len(g.cases) for g in two.groups] == [2, 2] and len(two.groups[0].specs) == 4
 
 
 def test_meta_with_data_consistency_is_a_column_of_its_own(tmp_path, monkeypatch):

@@ -9,6 +9,11 @@
 4. ``runs/NAME/last.pt`` (gzipped), ``config.json`` and ``log.csv`` -> ``training/NAME/``, the
    state ``training/train-cpu.sh`` resumes from.
 
+A stage-2 run (one that starts from other weights, ``run.init_weights``; ``--run
+runs/NAME-ft128``) keeps its state in ``training/NAME-ft128/`` instead (what
+``training/train-stage2.sh`` resumes from), and ships the stage-1 log beside its own
+(``NAME-stage1-log.csv``, from ``training/NAME/log.csv``).
+
 The measured results belong in docs/model-card.md (written by hand from the evaluation reports).
 
     python training/publish.py meta --state-only
@@ -43,7 +48,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     run = a.run or ROOT / "runs" / a.name
     if a.state_only:
-        keep_state(run, a.name, best=True)
+        keep_state(run, state_name(run, a.name), best=True)
         return
     for f in ("best.safetensors", "log.csv", "config.json", "last.pt"):
         if not (run / f).is_file():
@@ -70,6 +75,11 @@ def main(argv=None):
     MODELS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "best.safetensors", MODELS / f"{a.name}.safetensors")
     shutil.copyfile(run / "log.csv", MODELS / f"{a.name}-log.csv")
+    stage2 = bool(cfg["run"].get("init_weights"))
+    if stage2:
+        shutil.copyfile(ROOT / "training" / a.name / "log.csv", MODELS / f"{a.name}-stage1-log.csv")
+    else:
+        (MODELS / f"{a.name}-stage1-log.csv").unlink(missing_ok=True)
     if (run / "curves.png").is_file():
         shutil.copyfile(run / "curves.png", MODELS / f"{a.name}-curves.png")
     card = {
@@ -92,9 +102,11 @@ def main(argv=None):
                      "recipe": ("generated on the fly (data.source = stream)"
                                 if cfg["data"]["source"] == "stream"
                                 else "training/train-cpu.sh (metaqsm synth)")},
-            "command": "bash training/train-cpu.sh",
+            "command": ("bash training/train-cpu.sh, then bash training/train-stage2.sh" if stage2
+                        else "bash training/train-cpu.sh"),
             "init_weights": cfg["run"].get("init_weights") or None,
             "log": f"{a.name}-log.csv",
+            **({"stage1_log": f"{a.name}-stage1-log.csv"} if stage2 else {}),
             "curves": f"{a.name}-curves.png",
         },
         "validity": {"voxel_size_mm": synth["voxel_size_range"],
@@ -103,9 +115,15 @@ def main(argv=None):
                                if k in extra},
     }
     (MODELS / f"{a.name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    keep_state(run, a.name, best=False)
+    keep_state(run, state_name(run, a.name), best=False)
     print(f"published {a.name}: step {last_step}, best at {extra.get('step')} "
           f"(val RMSE {extra.get('val_rmse', float('nan')):.1f} %)")
+
+
+def state_name(run, name):
+    """``NAME-ft128`` for a stage-2 run (it starts from other weights), else ``NAME``."""
+    cfg = json.loads((run / "config.json").read_text())
+    return f"{name}-ft128" if cfg["run"].get("init_weights") else name
 
 
 def keep_state(run, name, *, best):

@@ -56,6 +56,8 @@ def register(subparsers):
     p.add_argument("--device", default="cpu", help="torch device of the network methods")
     p.add_argument("--fansi-dir", default=None, help="folder of the FANSI phantom "
                    "(default ../shared/data/fansi-phantom)")
+    p.add_argument("--groups", nargs="+", metavar="NAME", default=None,
+                   help="only these tables of --suite (paper: table1 table2 table3; default all)")
     p.add_argument("--cache", metavar="DIR", default=None,
                    help="keep the generated test-set volumes of --suite paper in DIR and reuse them "
                         "(about 50 MB and 20-40 s of generation each; results are the same)")
@@ -81,10 +83,12 @@ def handler(args):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} belongs to --field/--real, not --suite")
         suite = build_suite(args.suite, methods=args.methods, n=args.n, fansi_dir=args.fansi_dir,
-                            weights=weights, figure_cases=args.figure_cases, cache_dir=args.cache)
+                            weights=weights, figure_cases=args.figure_cases, cache_dir=args.cache,
+                            groups=args.groups)
     else:
-        if args.cache is not None:
-            raise ValueError("--cache belongs to --suite (it keeps generated test volumes)")
+        for flag in ("cache", "groups"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} belongs to --suite")
         if args.real is not None:
             if args.reference is not None:
                 raise ValueError("--real is data without truth; use --field with --reference")
@@ -127,6 +131,8 @@ def _command(args):
             parts += [f"--{flag}", str(getattr(args, flag))]
     if args.methods:
         parts += ["--methods", *args.methods]
+    if args.groups:
+        parts += ["--groups", *args.groups]
     if args.n is not None:
         parts += ["--n", str(args.n)]
     if args.figure_cases != 1:

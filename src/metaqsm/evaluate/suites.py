@@ -562,7 +562,7 @@ def apply_weights(suite, weights):
 
 
 def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, figure_cases=1,
-                cache_dir=None):
+                cache_dir=None, groups=None):
     """Build a named suite.
 
     Parameters
@@ -583,6 +583,8 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, fig
     cache_dir : path, optional
         Folder that keeps the generated test-set volumes of the paper suite between runs
         (:func:`metaqsm.simulate.testsets.testset_sample`); the results do not depend on it.
+    groups : sequence of str, optional
+        Keep only these tables of the suite (e.g. ``["table1"]`` of "paper"); default all.
 
     Returns
     -------
@@ -591,7 +593,7 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, fig
     Raises
     ------
     ValueError
-        Unknown suite or method, or ``n`` < 1.
+        Unknown suite, method or group, or ``n`` < 1.
     """
     methods = check_methods(methods)
     weights = check_weights(weights)
@@ -609,6 +611,14 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, fig
         suite = _fansi_suite(methods, n, fansi_dir)
     else:
         raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {name!r}")
+    if groups is not None:
+        names = [g.name for g in suite.groups]
+        wanted = [groups] if isinstance(groups, str) else list(groups)
+        unknown = [x for x in wanted if x not in names]
+        if unknown or not wanted:
+            raise ValueError(f"--groups of suite {name!r} must be among {', '.join(names)}, "
+                             f"got {' '.join(map(str, unknown)) or 'none'}")
+        suite.groups = [g for g in suite.groups if g.name in wanted]
     figure_cases = as_int(figure_cases, "--figure-cases", minimum=0)
     for g in suite.groups:
         g.figure_cases = figure_cases
