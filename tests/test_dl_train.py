@@ -325,6 +325,35 @@ def test_ddp_world_size_one(data, tmp_path, monkeypatch):
     assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["positions"] == [4]
 
 
+def test_ddp_two_ranks_with_torchrun(tmp_path):
+    """Two processes through torchrun (gloo on the CPU): the batch is split between the ranks,
+    every rank's data position is checkpointed, and a resumed two-rank run continues."""
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp2"
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            f"--master_port={port}", "-m", "metaqsm.cli"]
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    args = [("optim.batch_size=2" if a == "optim.batch_size=1" else a)
+            for a in _cli_args(out, "--steps", "2")]
+    r = subprocess.run([*base, *args], capture_output=True, text=True,
+                       timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[:3000]
+    assert r.stdout.count("metaqsm train: done at step 2") == 1  # rank 0 reports, not each rank
+    state = torch.load(out / "last.pt", weights_only=True)
+    # one position per rank: each took 1 of the 2 samples of each of the 2 steps
+    assert state["step"] == 2 and state["positions"] == [2, 2]
+    r = subprocess.run([*base, "train", "--out", str(out), "--resume", "--steps", "3",
+                        "--no-progress"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[:3000]
+    assert torch.load(out / "last.pt", weights_only=True)["positions"] == [3, 3]
+    assert [int(row["step"]) for row in read_log(out / "log.csv")] == [1, 2, 3]
+
+
 def _cli_args(out, *extra):
     return ["train", "--stream", "--out", str(out), "--no-progress", "model.depth=1",
             "model.base=4", "model.basis=2", "model.hidden=8", "data.patch_shape=[32, 32, 16]",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from . import _common
@@ -90,7 +91,8 @@ def run_train(args):
     best = f"best validation loss {result['best_val_loss']:.5g}"
     if cfg["run"]["select_by"] != "val_loss":
         best += f", best {cfg['run']['select_by']} {result['best_score']:.5g} (kept)"
-    print(f"metaqsm train: {state} at step {result['step']}; {best}; run folder {result['out']}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per torchrun rank
+        print(f"metaqsm train: {state} at step {result['step']}; {best}; run folder {result['out']}")
     return 0
 
 
