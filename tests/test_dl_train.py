@@ -308,6 +308,13 @@ def test_shipped_configs_load(name):
     from metaqsm.dl.train import _synth_config
 
     assert isinstance(_synth_config(cfg), SynthConfig)
+    if cfg["run"]["init_weights"]:  # stage 2 starts from committed stage-1 weights, not a download
+        from metaqsm.dl.registry import read_checkpoint_info
+
+        info = read_checkpoint_info(path.parents[1] / cfg["run"]["init_weights"])
+        assert info["model"] == cfg["model"]["name"]
+        assert all(info["config"][k] == v for k, v in cfg["model"].items()
+                   if k not in ("name", "correction_mean", "scale_equivariant")), info["config"]
 
 
 def test_ddp_world_size_one(data, tmp_path, monkeypatch):

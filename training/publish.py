@@ -72,12 +72,18 @@ def main(argv=None):
     rows = (run / "log.csv").read_text().strip().splitlines()
     last_step = int(rows[-1].split(",")[0])
 
+    stage2 = bool(cfg["run"].get("init_weights"))
+    stage1 = stage1_of(a.name) if stage2 else None  # before the card it comes from is replaced
+
     MODELS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "best.safetensors", MODELS / f"{a.name}.safetensors")
     shutil.copyfile(run / "log.csv", MODELS / f"{a.name}-log.csv")
-    stage2 = bool(cfg["run"].get("init_weights"))
     if stage2:
-        shutil.copyfile(ROOT / "training" / a.name / "log.csv", MODELS / f"{a.name}-stage1-log.csv")
+        # the stage-1 log up to the checkpoint stage 2 started from (the state in training/NAME
+        # may have been continued past it)
+        rows = (ROOT / "training" / a.name / "log.csv").read_text().strip().splitlines()
+        kept = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= stage1["steps"]]
+        (MODELS / f"{a.name}-stage1-log.csv").write_text("\n".join(kept) + "\n")
     else:
         (MODELS / f"{a.name}-stage1-log.csv").unlink(missing_ok=True)
     if (run / "curves.png").is_file():
@@ -92,7 +98,7 @@ def main(argv=None):
         "training": {
             "config": (f"{CONFIGS[a.name].replace('.toml', '-ft128.toml')} after {CONFIGS[a.name]}"
                        if cfg["run"].get("init_weights") else CONFIGS[a.name])
-                      + f" (resolved: training/{a.name}/config.json)",
+                      + f" (resolved: training/{state_name(run, a.name)}/config.json)",
             "steps": last_step,
             "best_step": extra.get("step"),
             "device": f"{cfg['run'].get('device')} ({cfg['run'].get('threads')} threads)",
@@ -106,18 +112,29 @@ def main(argv=None):
                         else "bash training/train-cpu.sh"),
             "init_weights": cfg["run"].get("init_weights") or None,
             "log": f"{a.name}-log.csv",
-            **({"stage1_log": f"{a.name}-stage1-log.csv"} if stage2 else {}),
+            **({"stage1": {**stage1, "log": f"{a.name}-stage1-log.csv"}} if stage2 else {}),
             "curves": f"{a.name}-curves.png",
         },
         "validity": {"voxel_size_mm": synth["voxel_size_range"],
                      "max_b0_tilt_deg": synth["max_tilt_deg"]},
-        "validation_at_best": {k: extra[k] for k in ("val_loss", "val_rmse", "val_hfen", "val_ssim")
+        "validation_at_best": {k: extra[k] for k in ("val_loss", "val_rmse", "val_hfen", "val_ssim",
+                                                          "vol_rmse", "vol_hfen", "vol_ssim")
                                if k in extra},
     }
     (MODELS / f"{a.name}.json").write_text(json.dumps(card, indent=2) + "\n")
     keep_state(run, state_name(run, a.name), best=False)
     print(f"published {a.name}: step {last_step}, best at {extra.get('step')} "
           f"(val RMSE {extra.get('val_rmse', float('nan')):.1f} %)")
+
+
+def stage1_of(name):
+    """The stage-1 model a stage-2 run of ``name`` started from, from the card shipped now (or,
+    when a stage-2 model is published again, the stage-1 entry of its card)."""
+    card = json.loads((MODELS / f"{name}.json").read_text())["training"]
+    if "stage1" in card:
+        return {k: v for k, v in card["stage1"].items() if k != "log"}
+    return {"config": card["config"].split(" (resolved")[0], "steps": card["best_step"],
+            "data": card["data"], "weights": f"training/{name}/stage1.safetensors"}
 
 
 def state_name(run, name):
