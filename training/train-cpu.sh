@@ -25,6 +25,7 @@ DATA=${DATA:-/work/data}
 STEPS=${STEPS:-800}
 MODELS=${MODELS:-meta mesa-0.5x0.5x2 mesa-0.7639x0.7639x3}  # e.g. MODELS=meta: that one only
 mkdir -p "$DATA" runs
+source training/restore.sh
 
 synth() {  # synth DIR SEED N VOXEL-SIZE-RANGE(6) TILT
   local dir=$1 seed=$2 n=$3 tilt=${10}
@@ -37,13 +38,7 @@ synth() {  # synth DIR SEED N VOXEL-SIZE-RANGE(6) TILT
 
 train() {  # train NAME CONFIG DATA
   local name=$1 config=$2 data=$3 out=runs/$1
-  if [ ! -f "$out/last.pt" ] && [ -f "training/$name/last.pt.gz" ]; then
-    mkdir -p "$out"
-    gunzip -c "training/$name/last.pt.gz" > "$out/last.pt"
-    cp "training/$name/config.json" "training/$name/log.csv" "$out/"
-    # the best candidate so far, when the state was kept without publishing (publish.py --state-only)
-    if [ -f "training/$name/best.safetensors" ]; then cp "training/$name/best.safetensors" "$out/"; fi
-  fi
+  restore_state "training/$name" "$out"
   if [ -f "$out/last.pt" ]; then
     # runs begun before whole-volume validation and the weight average get them on resume (as the configs)
     metaqsm train --out "$out" --resume --steps "$STEPS" --no-progress \
