@@ -312,6 +312,32 @@ def test_slices_are_shown_anterior_up_whatever_the_affine():
     assert np.array_equal(flipped["axial"], ax)
 
 
+def test_testset_cache_serves_the_generated_volume(tmp_path, monkeypatch):
+    from metaqsm.simulate import testsets
+    from metaqsm.evaluate import suites
+
+    # the official volumes are 256 x 256 x 64; a small copy of one set's recipe keeps this fast
+    small = {**testsets.TESTSETS["res_0.5x0.5x2"], "patch_shape": (24, 24, 12)}
+    monkeypatch.setitem(testsets.TESTSETS, "res_0.5x0.5x2", small)
+    fresh = testsets.testset_sample("res_0.5x0.5x2", 3)
+    first = suites._testset_case("res_0.5x0.5x2", 3, tmp_path / "cache")
+    path = suites.testset_cache_path(tmp_path / "cache", "res_0.5x0.5x2", 3)
+    assert path.exists() and f"-v{testsets.TESTSET_VERSION}-003" in path.name
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    calls = []
+    monkeypatch.setattr(testsets, "testset_sample", lambda *a: calls.append(a))
+    again = suites._testset_case("res_0.5x0.5x2", 3, tmp_path / "cache")
+    assert not calls  # read, not generated
+    for got in (first, again):
+        assert set(got) == set(fresh)
+        for k in fresh:
+            np.testing.assert_array_equal(got[k], fresh[k])
+            assert np.asarray(got[k]).dtype == np.asarray(fresh[k]).dtype
+    with pytest.raises(ValueError, match="index must be < 100"):
+        suites._testset_case("res_0.5x0.5x2", 100, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
 def test_paper_suite_design_with_stand_in_networks(tmp_path, monkeypatch):
     """Tables 1-3 as in the paper: Mesa at its own resolution, Meta, the other Mesa as is and
     after naive interpolation (stand-in networks record how they are called)."""

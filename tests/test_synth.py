@@ -334,30 +334,6 @@ def test_testsets_recipe_deterministic_and_disjoint():
         testsets.testset_sample("nope", 0)
 
 
-def test_testset_cache_serves_the_generated_volume(tmp_path, monkeypatch):
-    # the official volumes are 256 x 256 x 64; a small copy of one set's recipe keeps this fast
-    small = {**testsets.TESTSETS["res_0.5x0.5x2"], "patch_shape": (24, 24, 12)}
-    monkeypatch.setitem(testsets.TESTSETS, "res_0.5x0.5x2", small)
-    fresh = testsets.testset_sample("res_0.5x0.5x2", 3)
-    first = testsets.testset_sample("res_0.5x0.5x2", 3, cache_dir=tmp_path / "cache")
-    path = testsets.cache_path(tmp_path / "cache", "res_0.5x0.5x2", 3)
-    assert path.exists() and f"-v{testsets.TESTSET_VERSION}-003" in path.name
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
-    calls = []
-    monkeypatch.setattr(testsets, "_generate", lambda *a: calls.append(a))
-    again = testsets.testset_sample("res_0.5x0.5x2", 3, cache_dir=tmp_path / "cache")
-    assert not calls  # read, not generated
-    for got in (first, again):
-        assert set(got) == set(fresh)
-        for k in fresh:
-            np.testing.assert_array_equal(got[k], fresh[k])
-            assert np.asarray(got[k]).dtype == np.asarray(fresh[k]).dtype
-    with pytest.raises(ValueError, match="cache_dir holds the official test volumes only"):
-        testsets.testset_sample("res_0.5x0.5x2", 3, cache_dir=tmp_path, patch_shape=(8, 8, 8))
-    with pytest.raises(ValueError, match="index must be < 100"):
-        testsets.testset_sample("res_0.5x0.5x2", 100, cache_dir=tmp_path)
-
-
 # ------------------------------------------------------------------------- command line
 def _synth(tmp_path, *extra):
     from metaqsm.cli import main

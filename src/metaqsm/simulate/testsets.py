@@ -20,16 +20,13 @@ then, and report metrics with the version.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from .._validate import as_int
 from .synth import SynthConfig, _generate
 
 __all__ = ["TESTSET_VERSION", "TESTSET_ENTROPY", "TESTSETS", "LOCAL_ONLY", "testset_config",
-           "testset_sample", "testset_rng", "cache_path"]
+           "testset_sample", "testset_rng"]
 
 TESTSET_VERSION = 2  # 2: sources inside the volume only (1: 16 mm of surrounding sources)
 TESTSET_ENTROPY = 0x6D65746171736D  # "metaqsm" in ASCII; fixed forever
@@ -74,17 +71,7 @@ def testset_rng(name, index):
     return np.random.default_rng(seq)
 
 
-def cache_path(cache_dir, name, index):
-    """Where :func:`testset_sample` keeps sample ``index`` of test set ``name`` in ``cache_dir``.
-
-    The file name carries the set, :data:`TESTSET_VERSION` and the index, so a cache never serves
-    a volume of another version of the generator.
-    """
-    _check_name(name)
-    return Path(cache_dir) / f"testset-{name}-v{TESTSET_VERSION}-{int(index):03d}.npz"
-
-
-def testset_sample(name, index, *, cache_dir=None, **overrides):
+def testset_sample(name, index, **overrides):
     """Sample ``index`` of test set ``name`` (same keys as ``generate_sample``).
 
     Parameters
@@ -93,10 +80,6 @@ def testset_sample(name, index, *, cache_dir=None, **overrides):
         One of ``TESTSETS``.
     index : int
         0 <= index < the set's count (100).
-    cache_dir : path, optional
-        A folder for generated volumes (a 256 x 256 x 64 volume takes 20-40 s to generate on 2
-        cores and about 50 MB on disk): a volume found there is read instead of generated, a
-        generated one is written there (atomically). Not used with ``overrides``.
     **overrides
         SynthConfig fields to change (e.g. a smaller ``patch_shape`` for a quick preview); the
         official test sets use none.
@@ -109,25 +92,6 @@ def testset_sample(name, index, *, cache_dir=None, **overrides):
     Raises
     ------
     ValueError
-        For an unknown name or an index out of range, or ``cache_dir`` with ``overrides``.
+        For an unknown name or an index out of range.
     """
-    rng = testset_rng(name, index)  # checks name and index first
-    if cache_dir is None:
-        return _generate(testset_config(name, **overrides), rng)
-    if overrides:
-        raise ValueError("cache_dir holds the official test volumes only; it cannot be combined "
-                         f"with overrides {sorted(overrides)}")
-    path = cache_path(cache_dir, name, index)
-    if path.exists():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    sample = _generate(testset_config(name), rng)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in sample.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return sample
+    return _generate(testset_config(name, **overrides), testset_rng(name, index))
