@@ -514,6 +514,18 @@ def test_target_checks_known_answer():
     assert got[("T2", "RMSE within 10% of Mesa-QSM (0.5x0.5x2)")] is False
     summary["table1"]["Meta-QSM"]["n"] = 0  # no Meta results: no checks for that table
     assert all(t != "T1" for t, *_ in target_checks(man, summary))
+    # with the records: on the volumes both columns have (TKD has a third, harder one)
+    summary["table1"]["Meta-QSM"]["n"] = 2
+
+    def rec(label, case, rmse):
+        return {"group": "table1", "label": label, "case": case,
+                "metrics": {"rmse": rmse, "hfen": rmse, "ssim": 1 - rmse / 100}}
+
+    recs = [rec("Meta-QSM", "0", 40), rec("Meta-QSM", "1", 50), rec("TKD", "0", 38),
+            rec("TKD", "1", 48), rec("TKD", "2", 90)]
+    got = {c: (v, ok) for t, c, v, ok in target_checks(man, summary, recs) if t == "T1"}
+    assert got["RMSE better than TKD"] == ("45.00 vs 43.00 (n=2)", False)  # 59.0 over 3 would pass
+    assert got["SSIM better than TKD"] == ("0.5500 vs 0.5700 (n=2)", False)
 
 
 def test_classical_evaluation_never_imports_torch(tmp_path):
