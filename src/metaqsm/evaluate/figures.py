@@ -182,11 +182,14 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
     ncols = len(widths)
     nrows = len(all_rows)
     row_h = 1.55
-    fig_w = row_h * sum(widths) + 2.4
+    # room for the longest row label (8 pt: about 0.07 inch a character), at least 1.7 inch
+    left_in = max(1.7, 0.3 + 0.07 * max(len(line) for label, _, _ in all_rows
+                                        for line in label.split("\n")))
+    fig_w = row_h * sum(widths) + left_in + 0.7
     fig_h = row_h * nrows + 1.0
     fig = plt.figure(figsize=(fig_w, fig_h))
     gs = gridspec.GridSpec(nrows, ncols, figure=fig, width_ratios=widths, wspace=0.04, hspace=0.06,
-                           left=1.7 / fig_w, right=1 - 0.7 / fig_w, top=1 - 0.8 / fig_h,
+                           left=left_in / fig_w, right=1 - 0.7 / fig_w, top=1 - 0.8 / fig_h,
                            bottom=0.1 / fig_h)
     cmap = _grey()
     chi_im = err_im = None
