@@ -493,7 +493,8 @@ def test_target_checks_known_answer():
         return {"n": n, "method": method, "rmse": {"mean": rmse}, "hfen": {"mean": hfen},
                 "ssim": {"mean": ssim}}
 
-    man = {"groups": [{"name": "table1", "title": "T1"}, {"name": "table2", "title": "T2"}]}
+    man = {"groups": [{"name": "table1", "title": "T1", "cases": ["0", "1", "2"]},
+                      {"name": "table2", "title": "T2", "cases": []}]}
     summary = {
         "table1": {"TKD": e("tkd", 60, 50, 0.90), "Meta-QSM": e("meta", 40, 55, 0.95)},
         "table2": {"Mesa-QSM (0.5x0.5x2)": e("mesa", 30, 30, 0.9),
@@ -526,6 +527,10 @@ def test_target_checks_known_answer():
     got = {c: (v, ok) for t, c, v, ok in target_checks(man, summary, recs) if t == "T1"}
     assert got["RMSE better than TKD"] == ("45.00 vs 43.00 (n=2)", False)  # 59.0 over 3 would pass
     assert got["SSIM better than TKD"] == ("0.5500 vs 0.5700 (n=2)", False)
+    # a volume outside the table (a longer run's leftovers) does not count
+    recs += [rec("Meta-QSM", "7", 10), rec("TKD", "7", 90)]
+    got = {c: v for t, c, v, _ in target_checks(man, summary, recs) if t == "T1"}
+    assert got["RMSE better than TKD"] == "45.00 vs 43.00 (n=2)"
 
 
 def test_classical_evaluation_never_imports_torch(tmp_path):

@@ -404,8 +404,10 @@ def target_checks(man, summary, recs=None):
         if recs is None:
             return summary[group][META][key]["mean"], summary[group][lab][key]["mean"], None
         by = {}
+        cases = next(set(g["cases"]) for g in man["groups"] if g["name"] == group)
         for r in recs:
-            if r["group"] == group and r["label"] in (META, lab) and key in r.get("metrics", {}):
+            if r["group"] == group and r["case"] in cases and r["label"] in (META, lab) \
+                    and key in r.get("metrics", {}):
                 by.setdefault(r["case"], {})[r["label"]] = r["metrics"][key]
         both = [v for v in by.values() if len(v) == 2]
         if not both:
