@@ -48,7 +48,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     run = a.run or ROOT / "runs" / a.name
     if a.state_only:
-        keep_state(run, state_name(run, a.name), best=True)
+        cfg = json.loads((run / "config.json").read_text())
+        keep_state(run, state_name(cfg, a.name), best=True)
         return
     for f in ("best.safetensors", "log.csv", "config.json", "last.pt"):
         if not (run / f).is_file():
@@ -74,6 +75,7 @@ def main(argv=None):
 
     stage2 = bool(cfg["run"].get("init_weights"))
     stage1 = stage1_of(a.name) if stage2 else None  # before the card it comes from is replaced
+    state = state_name(cfg, a.name)
 
     MODELS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "best.safetensors", MODELS / f"{a.name}.safetensors")
@@ -81,8 +83,8 @@ def main(argv=None):
     if stage2:
         # the stage-1 log up to the checkpoint stage 2 started from (the state in training/NAME
         # may have been continued past it)
-        rows = (ROOT / "training" / a.name / "log.csv").read_text().strip().splitlines()
-        kept = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= stage1["steps"]]
+        rows1 = (ROOT / "training" / a.name / "log.csv").read_text().strip().splitlines()
+        kept = [rows1[0]] + [r for r in rows1[1:] if int(r.split(",")[0]) <= stage1["steps"]]
         (MODELS / f"{a.name}-stage1-log.csv").write_text("\n".join(kept) + "\n")
     else:
         (MODELS / f"{a.name}-stage1-log.csv").unlink(missing_ok=True)
@@ -97,8 +99,7 @@ def main(argv=None):
         "metaqsm_version": extra.get("metaqsm_version"),
         "training": {
             "config": (f"{CONFIGS[a.name].replace('.toml', '-ft128.toml')} after {CONFIGS[a.name]}"
-                       if cfg["run"].get("init_weights") else CONFIGS[a.name])
-                      + f" (resolved: training/{state_name(run, a.name)}/config.json)",
+                       if stage2 else CONFIGS[a.name]) + f" (resolved: training/{state}/config.json)",
             "steps": last_step,
             "best_step": extra.get("step"),
             "device": f"{cfg['run'].get('device')} ({cfg['run'].get('threads')} threads)",
@@ -122,7 +123,7 @@ def main(argv=None):
                                if k in extra},
     }
     (MODELS / f"{a.name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    keep_state(run, state_name(run, a.name), best=False)
+    keep_state(run, state, best=False)
     print(f"published {a.name}: step {last_step}, best at {extra.get('step')} "
           f"(val RMSE {extra.get('val_rmse', float('nan')):.1f} %)")
 
@@ -137,9 +138,8 @@ def stage1_of(name):
             "data": card["data"], "weights": f"training/{name}/stage1.safetensors"}
 
 
-def state_name(run, name):
-    """``NAME-ft128`` for a stage-2 run (it starts from other weights), else ``NAME``."""
-    cfg = json.loads((run / "config.json").read_text())
+def state_name(cfg, name):
+    """``NAME-ft128`` for a stage-2 run (its config starts from other weights), else ``NAME``."""
     return f"{name}-ft128" if cfg["run"].get("init_weights") else name
 
 

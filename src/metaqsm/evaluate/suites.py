@@ -27,7 +27,6 @@ Langkammer C, Schweser F, Shmueli K, et al. Quantitative susceptibility mapping:
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,12 +254,12 @@ def testset_cache_path(cache_dir, name, index):
     """Where the paper suite keeps volume ``index`` of test set ``name`` in ``cache_dir``.
 
     The name carries the set, :data:`~metaqsm.simulate.testsets.TESTSET_VERSION` and the index,
-    so a cache never serves a volume of another version of the generator.
+    so a cache never serves a volume of another version of the generator. ``ValueError`` for an
+    unknown set or an index out of range.
     """
-    from ..simulate.testsets import TESTSET_VERSION, TESTSETS
+    from ..simulate.testsets import TESTSET_VERSION, testset_rng
 
-    if name not in TESTSETS:
-        raise ValueError(f"test set must be one of {sorted(TESTSETS)}, got {name!r}")
+    testset_rng(name, index)  # checks the name and the index
     return Path(cache_dir) / f"testset-{name}-v{TESTSET_VERSION}-{int(index):03d}.npz"
 
 
@@ -268,24 +267,19 @@ def _testset_case(name, index, cache_dir=None):
     """Volume ``index`` of test set ``name``; with ``cache_dir``, read from there when it was
     generated before (a 256 x 256 x 64 volume takes 20-40 s to generate on 2 cores, about 50 MB
     on disk), else generated and written there atomically."""
-    from ..simulate.testsets import testset_rng, testset_sample
+    from ..io import atomic_path
+    from ..simulate.testsets import testset_sample
 
     if cache_dir is None:
         return dict(testset_sample(name, index))
-    testset_rng(name, index)  # checks the name and the index before any file is touched
-    path = testset_cache_path(cache_dir, name, index)
+    path = testset_cache_path(cache_dir, name, index)  # before any file is touched
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     sample = dict(testset_sample(name, index))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in sample.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, force=True) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in sample.items()})  # uncompressed: fast to read
     return sample
 
 
