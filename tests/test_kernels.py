@@ -72,6 +72,27 @@ def test_dipole_kernel_properties():
     assert np.isclose(Dx[1, 0, 0], -2 / 3) and np.isclose(Dx[0, 1, 0], 1 / 3)
 
 
+@pytest.mark.parametrize("b0_dir", [(0, 0, 1), (0, 0.6, 0.8), (0.3, 0.1, 0.9)])
+def test_dipole_kernel_cross_terms(b0_dir):
+    # the kernel skips the cross terms (k.b)^2 has no part of (b_i b_j = 0): bit-identical to
+    # 1/3 - (k.b)^2/|k|^2 with all of them, the Nyquist samples' cross terms dropped
+    shape, vsz = (12, 10, 9), (0.8, 0.9, 2.0)
+    D = kernels.dipole_kernel(shape, voxel_size=vsz, b0_dir=b0_dir)
+    b = np.asarray(b0_dir, np.float32) / np.float32(np.linalg.norm(b0_dir))
+    ks = [k.astype(np.float32) for k in kernels.kspace_coordinates(shape, vsz, rfft=True)]
+    kc = [k.copy() for k in ks]
+    kc[0].reshape(-1)[6] = 0.0  # the even axes' Nyquist
+    kc[1].reshape(-1)[5] = 0.0
+    kb2 = sum((b[i] * ks[i]) ** 2 for i in range(3))
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        kb2 = kb2 + np.float32(2.0) * b[i] * b[j] * kc[i] * kc[j]
+    k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
+    k2[0, 0, 0] = 1.0
+    ref = np.float32(1.0 / 3.0) - kb2 / k2
+    ref[0, 0, 0] = 0.0
+    np.testing.assert_array_equal(D, ref)
+
+
 def test_anisotropic_kernel_uses_physical_k():
     # a kernel on (n, n, n/2) with voxels (d, d, 2d) is the same physical grid spacing in k
     D1 = kernels.dipole_kernel((32, 32, 32), voxel_size=(1, 1, 1), rfft=False)

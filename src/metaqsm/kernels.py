@@ -131,7 +131,8 @@ def dipole_kernel(shape, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), method="kspace",
         kb2 = sum((b[i] * ks[i]) ** 2 for i in range(3))
         for i in range(3):
             for j in range(i + 1, 3):
-                kb2 = kb2 + np.float32(2.0) * b[i] * b[j] * kc[i] * kc[j]
+                if b[i] * b[j] != 0.0:  # a zero term would add +-0 to every sample: skipped
+                    kb2 = kb2 + np.float32(2.0) * b[i] * b[j] * kc[i] * kc[j]
         k2[0, 0, 0] = 1.0
         D = np.float32(1.0 / 3.0) - kb2 / k2
         D[0, 0, 0] = 0.0
