@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from metaqsm.kernels import forward_field
+from metaqsm.kernels import forward_field, padded_shape
 from metaqsm.simulate import anatomy, augment, synth, testsets
 from metaqsm.simulate.synth import (SynthConfig, block_reduce, fine_scene, flip_sample,
                                     generate_sample, kspace_reduce)
@@ -138,6 +138,35 @@ def test_fine_grid_subdivides_the_voxel():
     region = np.asarray(scene.chi.shape) // scene.factors
     assert np.all(scene.offset * scene.voxel_size >= 8.0 - 1e-9)
     assert np.all(region - scene.offset - np.asarray(cfg.patch_shape) >= scene.offset)
+
+
+def test_memory_estimate_and_guard(monkeypatch):
+    cfg = small(voxel_size_range=((0.5, 1.0), (0.5, 1.0), (2.0, 4.0)))
+    # the sample's own estimate: fine grid (and its FFT grid) times the bytes per voxel
+    scene = fine_scene(0, config=cfg, seed=1)
+    fine = int(np.prod(scene.chi.shape))
+    own = synth.memory_estimate(cfg, scene.voxel_size)
+    assert own == 16 * fine + 8 * fine  # field_pad "none": the FFT grid is the fine grid
+    padded = SynthConfig(**{**SMALL, "field_pad": "auto"})
+    fft = padded_shape(scene.chi.shape, "auto")  # each axis doubled, fast lengths
+    assert synth.memory_estimate(padded, scene.voxel_size) == 16 * int(np.prod(fft)) + 8 * fine
+    # the range's worst case bounds every sample's
+    worst = synth.memory_estimate(cfg)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        v = rng.uniform([0.5, 0.5, 2.0], [1.0, 1.0, 4.0])
+        assert synth.memory_estimate(cfg, v) <= worst
+    # the test set of the paper suite: 8.5 GiB (measured peak of its volume 099: 8.4 GiB)
+    big = testsets.testset_config("paper")
+    assert 8.0 < synth.memory_estimate(big, (0.8301031, 0.9493271, 3.9952316)) / 2 ** 30 < 9.0
+    # too little memory: a clear error before the large arrays, naming what to change
+    monkeypatch.setattr(synth, "_available_memory", lambda: own // 2)
+    with pytest.raises(MemoryError, match=r"patch_shape=\(24, 24, 12\).*GiB are available"):
+        generate_sample(0, config=cfg, seed=1)
+    monkeypatch.setattr(synth, "_available_memory", lambda: None)  # unknown: no check
+    assert generate_sample(0, config=cfg, seed=1)["chi"].shape == (24, 24, 12)
+    with pytest.raises(ValueError, match="voxel_size"):
+        synth.memory_estimate(cfg, (1.0, 0.0, 2.0))
 
 
 def test_geometric_and_anatomy_sources():

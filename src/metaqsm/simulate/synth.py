@@ -73,6 +73,7 @@ __all__ = [
     "DATASET_FILE",
     "MANIFEST_FILE",
     "SHAPES",
+    "memory_estimate",
 ]
 
 TRAIN_SEED_LIMIT = 10 ** 6  # training seeds are 0 <= seed < 10**6 (test sets use other streams)
@@ -82,6 +83,12 @@ SHAPES = ("ellipsoid", "sphere", "cuboid", "cylinder")
 _REDUCTIONS = ("block", "kspace")
 _PADS = ("none", "auto")
 _MAX_PLACEMENT_TRIES = 30
+# peak bytes of one sample per voxel of the field's FFT grid (padded copy, kernel, half spectrum,
+# output and the kernel's temporaries) and per fine-grid voxel (susceptibility, mask, reduction):
+# 8.5 GiB for test volume paper/099 (256 x 256 x 64 at 0.83 x 0.95 x 4.0 mm, FFT grid
+# 1024 x 1024 x 512), whose measured peak resident set was 8.4 GiB (/usr/bin/time -v)
+_BYTES_PER_FFT_VOXEL = 16
+_BYTES_PER_FINE_VOXEL = 8
 
 
 @dataclass
@@ -474,6 +481,80 @@ def _make_grid(config, voxel):
                  origin=origin)
 
 
+def _grid_bytes(config, grid):
+    from ..kernels import padded_shape
+
+    fine = tuple(int(n) for n in grid.fine_shape)
+    fft = padded_shape(fine, 0 if config.field_pad == "none" else "auto")
+    return _BYTES_PER_FFT_VOXEL * math.prod(fft) + _BYTES_PER_FINE_VOXEL * math.prod(fine), fine, fft
+
+
+def memory_estimate(config=None, voxel_size=None):
+    """Peak memory (bytes, an estimate) of generating one sample.
+
+    The generator simulates on a fine grid around the patch (``margin_mm``, subdivisions of at
+    most ``fine_voxel_max``) and takes the field's FFT on it (doubled per axis with
+    ``field_pad="auto"``): memory grows with the patch, the voxel size's subdivisions and the
+    padding. For a voxel size (3 mm values) it is that sample's estimate, else the largest over
+    ``config.voxel_size_range`` (every subdivision step in the range is tried). A sample whose
+    estimate exceeds the memory the system reports as available raises ``MemoryError`` before
+    anything large is allocated.
+
+    Examples
+    --------
+    >>> round(memory_estimate(SynthConfig(patch_shape=(64, 64, 32)), (1.0, 1.0, 2.0)) / 2**20)
+    81
+    """
+    config = SynthConfig() if config is None else config
+    if not isinstance(config, SynthConfig):
+        raise TypeError(f"config must be a SynthConfig, got {type(config).__name__}")
+    if voxel_size is not None:
+        v = np.asarray(voxel_size, float)
+        if v.shape != (3,) or not np.all(v > 0):
+            raise ValueError(f"voxel_size must be 3 positive mm, got {voxel_size!r}")
+        return _grid_bytes(config, _make_grid(config, v))[0]
+    # per axis, the fine length is largest at the range's low end or just above a step of the
+    # subdivision (where the margin in voxels is largest for that subdivision)
+    fv = np.asarray(config.fine_voxel_max)
+    candidates = []
+    for axis, (lo, hi) in enumerate(config.voxel_size_range):
+        steps = np.arange(math.floor(lo / fv[axis]) + 1, math.ceil(hi / fv[axis]) + 1) * fv[axis]
+        c = [lo, hi] + [x * (1 + 1e-6) for x in steps if lo <= x * (1 + 1e-6) <= hi]
+        candidates.append(c)
+    worst = 0
+    for vx in candidates[0]:
+        for vy in candidates[1]:
+            for vz in candidates[2]:
+                grid = _make_grid(config, np.array([vx, vy, vz]))
+                worst = max(worst, _grid_bytes(config, grid)[0])
+    return worst
+
+
+def _available_memory():
+    """Bytes the kernel reports as available (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_memory(config, grid):
+    need, fine, fft = _grid_bytes(config, grid)
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        gib = 2.0 ** 30
+        raise MemoryError(
+            f"a synthetic sample with patch_shape={config.patch_shape} at voxel size "
+            f"{tuple(round(float(v), 3) for v in grid.voxel)} mm needs about {need / gib:.1f} GiB "
+            f"(fine grid {fine}, field FFT grid {fft}) but {avail / gib:.1f} GiB are available: "
+            "use a smaller patch_shape or voxel_size_range, a larger fine_voxel_max, a smaller "
+            "margin_mm or field_pad='none', or free memory")
+
+
 def _coordinate_map(grid, affine, centre, disp_rng, config):
     """Source coordinates (mm, in the source's frame) of every anatomy-grid cell.
 
@@ -643,6 +724,7 @@ def _fine_scene(config, rng):
     voxel = rng.uniform(vr[:, 0], vr[:, 1])
     b0 = _random_b0(config.max_tilt_deg, rng)
     grid = _make_grid(config, voxel)
+    _check_memory(config, grid)  # a clear error instead of the kernel's OOM killer
     weights = np.array([config.anatomy_weight, config.geometric_weight], float)
     source = "anatomy" if rng.random() < weights[0] / weights.sum() else "geometric"
     if source == "anatomy":
