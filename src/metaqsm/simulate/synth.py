@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from .._validate import as_int
-from ..kernels import forward_field
+from ..kernels import forward_field, padded_shape
 from . import augment
 from .anatomy import add_veins, mni_maps, tissue_susceptibility
 
@@ -482,8 +483,6 @@ def _make_grid(config, voxel):
 
 
 def _grid_bytes(config, grid):
-    from ..kernels import padded_shape
-
     fine = tuple(int(n) for n in grid.fine_shape)
     fft = padded_shape(fine, 0 if config.field_pad == "none" else "auto")
     return _BYTES_PER_FFT_VOXEL * math.prod(fft) + _BYTES_PER_FINE_VOXEL * math.prod(fine), fine, fft
@@ -521,13 +520,8 @@ def memory_estimate(config=None, voxel_size=None):
         steps = np.arange(math.floor(lo / fv[axis]) + 1, math.ceil(hi / fv[axis]) + 1) * fv[axis]
         c = [lo, hi] + [x * (1 + 1e-6) for x in steps if lo <= x * (1 + 1e-6) <= hi]
         candidates.append(c)
-    worst = 0
-    for vx in candidates[0]:
-        for vy in candidates[1]:
-            for vz in candidates[2]:
-                grid = _make_grid(config, np.array([vx, vy, vz]))
-                worst = max(worst, _grid_bytes(config, grid)[0])
-    return worst
+    return max(_grid_bytes(config, _make_grid(config, np.array(v)))[0]
+               for v in itertools.product(*candidates))
 
 
 def _available_memory():
