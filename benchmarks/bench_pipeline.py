@@ -37,7 +37,7 @@ def fft_pair_seconds(shape, repeats=3):
 def main(argv=None):
     from metaqsm.bgremove import get_method
     from metaqsm.cli import main as cli
-    from metaqsm.cli.cmd_pipeline import write_simulation
+    from metaqsm.io.derivatives import write_simulation
     from metaqsm.metrics import nrmse_demeaned
     from metaqsm.simulate.acquisition import simulate_acquisition
     from metaqsm.simulate.phantoms import brain_phantom

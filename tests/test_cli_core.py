@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from metaqsm.cli import main
-from metaqsm.cli.cmd_core import DEFAULT_METHOD, METRIC_KEYS, sidecar_path
+from metaqsm.cli.cmd_core import METRIC_KEYS, sidecar_path
+from metaqsm.methods import DEFAULT_INVERSION as DEFAULT_METHOD
 from metaqsm.inversion import METHODS, get_method
 from metaqsm.io import b0_dir_from_affine, load_nifti
 from metaqsm.kernels import forward_field

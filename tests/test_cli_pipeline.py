@@ -110,14 +110,20 @@ def test_bad_input_leaves_no_output(sim_dir, tmp_path, capsys):
     cases = [
         (["--magnitude", str(small), "--phase", phase], "magnitude and phase must have the same shape"),
         (["--magnitude", mag, "--phase", phase, "--echo-times", "0.01", "0.02", "0.03"],
-         "echo_times has 3 values but the phase has 4 echoes"),
+         "--echo-times has 3 values but the phase has 4 echoes"),
         (["--magnitude", mag, "--phase", str(scaled), "--field-strength", "3"] + tes,
          "radians.*Siemens scanner units"),
         (["--magnitude", str(bare_mag), "--phase", str(scaled)] + tes, "field strength is missing"),
         (["--magnitude", mag, "--phase", phase, "--field-strength", "3", "--echo-times", "10.4",
           "17.4", "24.4", "31.4"], "milliseconds"),
-        (["--magnitude", mag, "--phase", phase, "--bgremove", "nope"], "method must be one of"),
+        (["--magnitude", mag, "--phase", phase, "--bgremove", "nope"], "--bgremove must be one of"),
         (["--magnitude", mag, "--phase", phase, "--bgremove-option", "radius"], "KEY=VALUE"),
+        # options are checked against the method table before any work (names and types)
+        (["--magnitude", mag, "--phase", phase, "--bgremove-option", "radus=3"],
+         "--bgremove-option: 'radus' is not an option of method 'resharp' \\(it takes: radius"),
+        (["--magnitude", mag, "--phase", phase, "--method", "tkd", "--method-option",
+          "threshold=abc"], "--method-option: threshold must be a number, got 'abc'"),
+        (["--magnitude", mag, "--phase", phase, "--method", "nope"], "--method must be one of"),
         (["--magnitude", mag], "give --magnitude and --phase"),
     ]
     for i, (args, message) in enumerate(cases):

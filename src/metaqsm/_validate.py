@@ -106,3 +106,94 @@ def as_field_inputs(field, mask, voxel_size, b0_dir, *, field_name="field", mask
     f = as_volume(field, field_name)
     m = as_mask(mask, f.shape, mask_name)
     return f, m, as_voxel_size(voxel_size), as_b0_dir(b0_dir)
+
+
+# ----------------------------------------------------------------------------- acquisitions
+PHASE_TOL = 1e-3  # rad: float32 rounding of +-pi from converters
+PHASE_MIN_SPAN = 0.05  # rad: real phase images reach far beyond this (noise, fields, offsets)
+
+
+def fmt_values(values):
+    """``(1.0, 1.0, 2.5)`` for messages (plain floats, not numpy reprs)."""
+    return "(" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + ")"
+
+
+def check_phase_radians(phase, name="phase"):
+    """Refuse phase that is not wrapped radians (in [-pi, pi] or [0, 2 pi]).
+
+    Scanner units are recognised in the message: Siemens stores -4096..4095, GE and Philips
+    often milliradians (-3142..3142), some tools degrees. Phase whose largest magnitude is below
+    0.05 rad is refused too: a real phase image spans about -pi..pi (if only through the noise
+    outside the head), so such values are arbitrary units scaled down.
+    """
+    lo, hi = float(np.min(phase)), float(np.max(phase))
+    span = max(abs(lo), abs(hi))
+    if span < PHASE_MIN_SPAN:
+        # wrapped phase spans about -pi..pi (noise outside the head alone does); values this
+        # small are scanner units scaled down, not radians
+        raise ValueError(
+            f"{name} must be wrapped phase in radians (-pi..pi), got values only in "
+            f"[{lo:.4g}, {hi:.4g}]: it does not look like radians (arbitrary units?); rescale it "
+            "to radians, or set phase_units auto to rescale by pi/max|phase|")
+    ok_signed = lo >= -np.pi - PHASE_TOL and hi <= np.pi + PHASE_TOL
+    ok_positive = lo >= -PHASE_TOL and hi <= 2 * np.pi + PHASE_TOL
+    if ok_signed or ok_positive:
+        return
+    if span <= 180.5:
+        guess = "degrees? multiply by pi/180"
+    elif span <= 1000 * np.pi + 1:
+        guess = "milliradians? divide by 1000"
+    elif span <= 4096.5:
+        guess = "Siemens scanner units? multiply by pi/4096"
+    else:
+        guess = "rescale it to radians"
+    raise ValueError(
+        f"{name} must be wrapped phase in radians (-pi..pi), got values in [{lo:.4g}, {hi:.4g}] "
+        f"({guess}; or set phase_units auto to rescale by pi/max|phase|)")
+
+
+def check_acquisition(magnitude, phase, echo_times, field_strength):
+    """Validate the acquisition: shapes, echo times (s), field strength (T), phase in radians.
+
+    Returns ``(magnitude, phase, echo_times, field_strength)`` as float32 4D arrays (a 3D
+    single-echo volume gets a last axis of 1), a float64 vector and a float.
+    """
+    mag = np.asarray(magnitude)
+    ph = np.asarray(phase)
+    if mag.shape != ph.shape:
+        raise ValueError(f"magnitude and phase must have the same shape, got magnitude "
+                         f"{mag.shape} and phase {ph.shape}")
+    if ph.ndim == 3:
+        mag, ph = mag[..., None], ph[..., None]
+    if ph.ndim != 4:
+        raise ValueError(f"phase must be a 3D or 4D (echoes last) volume, got {ph.ndim}D "
+                         f"with shape {ph.shape}")
+    for arr, name in ((mag, "magnitude"), (ph, "phase")):
+        if np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
+            raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or Inf values")
+    if field_strength is None:
+        raise ValueError("field_strength is missing: give the scanner's field in tesla "
+                         "(or MagneticFieldStrength in the JSON sidecar)")
+    b0 = as_positive(field_strength, "field_strength")
+    if b0 > 20:
+        raise ValueError(f"field_strength must be in tesla, got {field_strength!r}")
+    if echo_times is None:
+        raise ValueError("echo_times are missing: give one per echo in seconds "
+                         "(or EchoTime in the JSON sidecars)")
+    tes = np.asarray(echo_times, dtype=np.float64).reshape(-1)
+    if tes.size != ph.shape[-1]:
+        raise ValueError(f"echo_times has {tes.size} values but the phase has {ph.shape[-1]} "
+                         f"echoes (shape {ph.shape})")
+    if not np.all(np.isfinite(tes)) or np.any(tes <= 0):
+        raise ValueError(f"echo_times must be positive seconds, got {fmt_values(tes)}")
+    if np.any(tes > 1.0):
+        raise ValueError(f"echo_times must be in seconds, got {fmt_values(tes)} (milliseconds? "
+                         "divide by 1000)")
+    if np.any(np.diff(tes) <= 0):
+        raise ValueError(f"echo_times must be strictly increasing, got {fmt_values(tes)}")
+    if np.any(mag < 0):
+        raise ValueError("magnitude must be non-negative")
+    check_phase_radians(ph)
+    return mag.astype(np.float32, copy=False), ph.astype(np.float32, copy=False), tes, b0

@@ -16,15 +16,16 @@ their JSON sidecars and the picture, all or nothing.
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ._validate import as_b0_dir, as_mask, as_positive, as_voxel_size
+from ._validate import as_b0_dir, as_mask, as_voxel_size, check_phase_radians
+from ._validate import check_acquisition as check_inputs
 from ._version import __version__
+from .methods import DEFAULT_BGREMOVE, DEFAULT_INVERSION, bgremoval, inversion
 
 __all__ = [
     "DEFAULT_INVERSION",
@@ -40,23 +41,10 @@ __all__ = [
     "output_paths",
 ]
 
-from .inversion import DEFAULT_METHOD as DEFAULT_INVERSION  # noqa: E402  (one default)
-"""Inversion used by :func:`run_pipeline` and ``metaqsm run`` (becomes "meta" once the network
-ships)."""
-DEFAULT_BGREMOVE = "resharp"
 DEFAULT_FIT = "nonlinear"
 DEFAULT_UNWRAP = "romeo"
 
 STAGES = ("mask", "fit-echoes", "bgremove", "inversion")
-
-_PHASE_TOL = 1e-3  # rad: float32 rounding of +-pi from converters
-_PHASE_MIN_SPAN = 0.05  # rad: real phase images reach far beyond this (noise, fields, offsets)
-
-def _fmt(values):
-    """``(1.0, 1.0, 2.5)`` for messages (plain floats, not numpy reprs)."""
-    return "(" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + ")"
-
-
 
 @dataclass
 class PipelineResult:
@@ -103,113 +91,25 @@ class PipelineResult:
     residual: np.ndarray | None = field(default=None, repr=False)
 
 
-def check_phase_radians(phase, name="phase"):
-    """Refuse phase that is not wrapped radians (in [-pi, pi] or [0, 2 pi]).
-
-    Scanner units are recognised in the message: Siemens stores -4096..4095, GE and Philips
-    often milliradians (-3142..3142), some tools degrees. Phase whose largest magnitude is below
-    0.05 rad is refused too: a real phase image spans about -pi..pi (if only through the noise
-    outside the head), so such values are arbitrary units scaled down.
-    """
-    lo, hi = float(np.min(phase)), float(np.max(phase))
-    span = max(abs(lo), abs(hi))
-    if span < _PHASE_MIN_SPAN:
-        # wrapped phase spans about -pi..pi (noise outside the head alone does); values this
-        # small are scanner units scaled down, not radians
-        raise ValueError(
-            f"{name} must be wrapped phase in radians (-pi..pi), got values only in "
-            f"[{lo:.4g}, {hi:.4g}]: it does not look like radians (arbitrary units?); rescale it "
-            "to radians, or pass --phase-units auto on the command line to rescale by "
-            "pi/max|phase|")
-    ok_signed = lo >= -np.pi - _PHASE_TOL and hi <= np.pi + _PHASE_TOL
-    ok_positive = lo >= -_PHASE_TOL and hi <= 2 * np.pi + _PHASE_TOL
-    if ok_signed or ok_positive:
-        return
-    if span <= 180.5:
-        guess = "degrees? multiply by pi/180"
-    elif span <= 1000 * np.pi + 1:
-        guess = "milliradians? divide by 1000"
-    elif span <= 4096.5:
-        guess = "Siemens scanner units? multiply by pi/4096"
-    else:
-        guess = "rescale it to radians"
-    raise ValueError(
-        f"{name} must be wrapped phase in radians (-pi..pi), got values in [{lo:.4g}, {hi:.4g}] "
-        f"({guess}; or pass --phase-units auto on the command line to rescale by pi/max|phase|)")
-
-
-def check_inputs(magnitude, phase, echo_times, field_strength):
-    """Validate the acquisition: shapes, echo times (s), field strength (T), phase in radians.
-
-    Returns ``(magnitude, phase, echo_times, field_strength)`` as float32 4D arrays (a 3D
-    single-echo volume gets a last axis of 1), a float64 vector and a float.
-    """
-    mag = np.asarray(magnitude)
-    ph = np.asarray(phase)
-    if mag.shape != ph.shape:
-        raise ValueError(f"magnitude and phase must have the same shape, got magnitude "
-                         f"{mag.shape} and phase {ph.shape}")
-    if ph.ndim == 3:
-        mag, ph = mag[..., None], ph[..., None]
-    if ph.ndim != 4:
-        raise ValueError(f"phase must be a 3D or 4D (echoes last) volume, got {ph.ndim}D "
-                         f"with shape {ph.shape}")
-    for arr, name in ((mag, "magnitude"), (ph, "phase")):
-        if np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
-            raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or Inf values")
-    if field_strength is None:
-        raise ValueError("field_strength is missing: give the scanner's field in tesla "
-                         "(--field-strength, or MagneticFieldStrength in the JSON sidecar)")
-    b0 = as_positive(field_strength, "field_strength")
-    if b0 > 20:
-        raise ValueError(f"field_strength must be in tesla, got {field_strength!r}")
-    if echo_times is None:
-        raise ValueError("echo_times are missing: give one per echo in seconds "
-                         "(--echo-times, or EchoTime in the JSON sidecars)")
-    tes = np.asarray(echo_times, dtype=np.float64).reshape(-1)
-    if tes.size != ph.shape[-1]:
-        raise ValueError(f"echo_times has {tes.size} values but the phase has {ph.shape[-1]} "
-                         f"echoes (shape {ph.shape})")
-    if not np.all(np.isfinite(tes)) or np.any(tes <= 0):
-        raise ValueError(f"echo_times must be positive seconds, got {_fmt(tes)}")
-    if np.any(tes > 1.0):
-        raise ValueError(f"echo_times must be in seconds, got {_fmt(tes)} (milliseconds? "
-                         "divide by 1000)")
-    if np.any(np.diff(tes) <= 0):
-        raise ValueError(f"echo_times must be strictly increasing, got {_fmt(tes)}")
-    if np.any(mag < 0):
-        raise ValueError("magnitude must be non-negative")
-    check_phase_radians(ph)
-    return mag.astype(np.float32, copy=False), ph.astype(np.float32, copy=False), tes, b0
-
-
-def _accepted(func, options, extra):
-    """Add the ``extra`` keywords the function accepts (by its signature) to ``options``."""
-    params = inspect.signature(func).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    out = dict(options)
-    for key, value in extra.items():
-        if key not in out and (takes_any or key in params):
-            out[key] = value
-    return out
-
-
 def call_inversion(method, local_field, mask, *, voxel_size, b0_dir, options=None, magnitude=None,
                    noise_std=None):
-    """Run an inversion by name, passing ``magnitude=`` and ``noise_std=`` when it takes them
-    (MEDI's data weighting and edge mask)."""
-    from . import inversion
+    """Run the registered inversion ``method`` (:mod:`metaqsm.methods`), passing ``magnitude``
+    and ``noise_std`` when it uses them (MEDI's edge mask and data weighting)."""
+    m = inversion(method)
+    opts = m.check_options(options)
+    for key, value in m.inputs_from({"magnitude": magnitude, "noise_std": noise_std}).items():
+        opts.setdefault(key, value)
+    return m.function()(local_field, mask, voxel_size=voxel_size, b0_dir=b0_dir, **opts)
 
-    func = inversion.get_method(method)
-    extra = {}
-    if magnitude is not None:
-        extra["magnitude"] = magnitude
-    if noise_std is not None:
-        extra["noise_std"] = noise_std
-    opts = _accepted(func, options or {}, extra)
-    return func(local_field, mask, voxel_size=voxel_size, b0_dir=b0_dir, **opts)
+
+def _checked_method(lookup, name, options, stage):
+    """The registered method and its checked options; errors name the pipeline's arguments
+    (``<stage>_method``, ``<stage>_options``)."""
+    method = lookup(name, f"{stage}_method")
+    try:
+        return method, method.check_options(options)
+    except ValueError as exc:
+        raise ValueError(f"{stage}_options: {exc}") from None
 
 
 def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0_dir=(0, 0, 1),
@@ -264,8 +164,6 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
     """
     from tqdm.auto import tqdm
 
-    from . import bgremove as bgr
-    from . import inversion
     from .mask import brain_mask
     from .phase import fit_echoes
 
@@ -277,12 +175,14 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
     if aff.shape != (4, 4):
         raise ValueError(f"affine must be a 4x4 matrix, got shape {aff.shape}")
     user_mask = None if mask is None else as_mask(mask, shape, "mask")
-    # fail on unknown names before any work
-    bg_func = bgr.get_method(bgremove_method)
-    inversion.get_method(inversion_method)
+    # unknown names and options fail before any work
+    bg_method, bgremove_options = _checked_method(bgremoval, bgremove_method, bgremove_options,
+                                                  "bgremove")
+    inv_method, inversion_options = _checked_method(inversion, inversion_method,
+                                                    inversion_options, "inversion")
+    bg_func = bg_method.function()
+    inv_method.function()  # a network without torch fails here, not after the echo fit
     mask_options = dict(mask_options or {})
-    bgremove_options = dict(bgremove_options or {})
-    inversion_options = dict(inversion_options or {})
 
     timings, params = {}, {}
     bar = tqdm(total=len(STAGES), desc="metaqsm", unit="stage", disable=not progress, leave=False)
@@ -302,9 +202,8 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
 
         t0 = time.perf_counter()
         bar.set_postfix_str("fit-echoes")
-        fit_opts = _accepted(fit_echoes, {}, {"voxel_size": vsz})
         fit = fit_echoes(mag, ph, echo_times=tes, field_strength=b0_t, mask=brain,
-                         method=fit_method, unwrap=unwrap_method, **fit_opts)
+                         method=fit_method, unwrap=unwrap_method, voxel_size=vsz)
         params["fit-echoes"] = {"method": fit_method, "unwrap": unwrap_method}
         timings["fit-echoes"] = time.perf_counter() - t0
         bar.update()
@@ -314,8 +213,8 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
         local, eroded = bg_func(fit.field, brain, voxel_size=vsz, b0_dir=b0, **bgremove_options)
         eroded = np.asarray(eroded, bool)
         if not eroded.any():
-            raise ValueError(f"background removal ({bgremove_method}) left an empty mask: the "
-                             "brain mask is too small for its kernel; use a smaller radius")
+            raise ValueError(f"bgremove_method {bgremove_method} left an empty mask: the brain "
+                             "mask is too small for its kernel; use a smaller radius")
         params["bgremove"] = {"method": bgremove_method, **bgremove_options}
         timings["bgremove"] = time.perf_counter() - t0
         bar.update()
@@ -375,6 +274,15 @@ def _jsonable(obj):
     return obj
 
 
+def _save_figure(path, result, name):
+    from .figures import save_orthogonal
+
+    save_orthogonal(path, result.chi, affine=result.affine, mask=result.eroded_mask,
+                    title=f"{name.split('_Chimap')[0]} susceptibility "
+                          f"({result.parameters.get('inversion', {}).get('method', '')})",
+                    unit="ppm", force=True)
+
+
 def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, force=False,
                   header=None, figure=True):
     """Write the derivatives of a :class:`PipelineResult`, all or nothing.
@@ -403,25 +311,12 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
     -------
     dict key -> Path of the NIfTI/PNG files written.
     """
-    import os
-    import tempfile
-
-    from .io import check_output_paths, save_nifti, write_json
+    from .io import save_nifti, write_all, write_json
     from .io.derivatives import PIPELINE_OUTPUTS
 
-    out_dir = Path(out_dir)
     paths, sidecars = output_paths(out_dir, subject, session)
     if not figure:
         paths.pop("figure")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output {out_dir} is not a folder")
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    if not parent.exists():
-        raise FileNotFoundError(f"output folder {parent} does not exist")
-    if out_dir.exists():
-        check_output_paths(list(paths.values()) + list(sidecars.values()), force=force)
-    created = not out_dir.exists()
-    out_dir.mkdir(exist_ok=True)
 
     arrays = {
         "chimap": result.chi,
@@ -444,46 +339,23 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
                 "fieldmap": ("mask", "fit-echoes"), "noise": ("mask", "fit-echoes"),
                 "localfield": ("mask", "fit-echoes", "bgremove")}
 
-    staging = Path(tempfile.mkdtemp(prefix=".metaqsm-", dir=out_dir))
-    staged = []
-    try:
-        for key, path in paths.items():
-            _, description, unit = PIPELINE_OUTPUTS[key]
-            tmp = staging / path.name
-            if key == "figure":
-                from .figures import save_orthogonal
-
-                save_orthogonal(tmp, result.chi, affine=result.affine, mask=result.eroded_mask,
-                                title=f"{path.name.split('_Chimap')[0]} susceptibility "
-                                      f"({result.parameters.get('inversion', {}).get('method', '')})",
-                                unit="ppm")
-            elif key in ("mask", "eroded_mask"):
-                save_nifti(tmp, arrays[key], result.affine, header=header, dtype=np.uint8)
-            else:
-                save_nifti(tmp, arrays[key], result.affine, header=header)
-            staged.append((tmp, path))
-            if key not in sidecars:
-                continue
-            meta = dict(common)
-            meta["Description"] = description
-            if unit:
-                meta["Units"] = unit
-            meta["Stages"] = {s: _jsonable(result.parameters.get(s, {})) for s in stage_of[key]}
-            meta["Timings"] = {s: round(float(result.timings.get(s, 0.0)), 3) for s in stage_of[key]}
-            side = staging / sidecars[key].name
-            write_json(side, meta)
-            staged.append((side, sidecars[key]))
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            if tmp.exists():
-                tmp.unlink()
-        raise
-    finally:
-        for leftover in staging.glob("*"):
-            leftover.unlink()
-        staging.rmdir()
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+    items = []
+    for key, path in paths.items():
+        _, description, unit = PIPELINE_OUTPUTS[key]
+        if key == "figure":
+            items.append((path, lambda tmp, name=path.name: _save_figure(tmp, result, name)))
+        else:
+            dtype = np.uint8 if key in ("mask", "eroded_mask") else np.float32
+            items.append((path, lambda tmp, a=arrays[key], d=dtype: save_nifti(
+                tmp, a, result.affine, header=header, dtype=d, force=True)))
+        if key not in sidecars:
+            continue
+        meta = dict(common)
+        meta["Description"] = description
+        if unit:
+            meta["Units"] = unit
+        meta["Stages"] = {s: _jsonable(result.parameters.get(s, {})) for s in stage_of[key]}
+        meta["Timings"] = {s: round(float(result.timings.get(s, 0.0)), 3) for s in stage_of[key]}
+        items.append((sidecars[key], lambda tmp, m=meta: write_json(tmp, m, force=True)))
+    write_all(items, force=force, folder=out_dir)
     return paths

@@ -48,3 +48,30 @@ def rad_to_ppm(phase_rad, echo_time, field_strength):
 def rad_per_s_to_ppm(omega, field_strength):
     """Field in ppm of an angular frequency offset in rad/s."""
     return hz_to_ppm(np.asarray(omega) / (2.0 * np.pi), field_strength)
+
+
+def phase_to_radians(phase, units="radians"):
+    """Phase in radians from phase in ``units``; returns ``(phase, scale)``.
+
+    ``units="radians"`` returns the phase as it is (scale 1; :func:`metaqsm._validate.
+    check_phase_radians` refuses anything else later). ``units="auto"`` keeps phase already in
+    radians ([-pi, pi] or [0, 2 pi]) and rescales anything else: signed values by
+    ``pi / max|phase|``, non-negative ones by ``2 pi / max`` (e.g. 0..4095).
+
+    Raises ``ValueError`` for an unknown ``units`` or an all-zero phase.
+    """
+    from ._validate import PHASE_MIN_SPAN, PHASE_TOL
+
+    if units not in ("radians", "auto"):
+        raise ValueError(f"phase_units must be 'radians' or 'auto', got {units!r}")
+    if units == "radians":
+        return phase, 1.0
+    lo, hi = float(np.min(phase)), float(np.max(phase))
+    peak = max(abs(lo), abs(hi))
+    if peak == 0:
+        raise ValueError("phase is all zeros")
+    if peak >= PHASE_MIN_SPAN and ((lo >= -np.pi - PHASE_TOL and hi <= np.pi + PHASE_TOL)
+                                   or (lo >= -PHASE_TOL and hi <= 2 * np.pi + PHASE_TOL)):
+        return phase, 1.0
+    scale = np.pi / peak if lo < 0 else 2 * np.pi / hi
+    return (phase * scale).astype(np.float32), scale

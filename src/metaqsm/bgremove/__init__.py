@@ -5,7 +5,7 @@ and returns ``(local_field, eroded_mask)``: the local field (float32, ppm, zero 
 returned mask) and the boolean mask it is valid in (eroded by the spherical kernel for the
 SHARP family, the mask less its outer layer for LBV, the input mask for PDF).
 
-Methods are registered by name in :data:`METHODS` and imported lazily.
+The methods are the entries of :data:`metaqsm.methods.BGREMOVALS`, imported lazily.
 
 ================  ========================================================================
 name              method
@@ -22,18 +22,10 @@ name              method
 
 from __future__ import annotations
 
-from .._registry import resolve
+from ..methods import BGREMOVALS, bgremoval
+from ..methods import DEFAULT_BGREMOVE as DEFAULT
 
-# name -> "module:function" (module relative to the metaqsm package)
-METHODS = {
-    "resharp": "bgremove.sharp:resharp",
-    "vsharp": "bgremove.sharp:vsharp",
-    "sharp": "bgremove.sharp:sharp",
-    "pdf": "bgremove.pdf:pdf",
-    "lbv": "bgremove.lbv:lbv",
-}
-
-DEFAULT = "resharp"
+METHODS = tuple(BGREMOVALS)
 
 
 def get_method(name):
@@ -41,11 +33,11 @@ def get_method(name):
 
     Raises ``ValueError`` naming the known methods for an unknown name.
     """
-    return resolve(METHODS, name)
+    return bgremoval(name).function()
 
 
 def __getattr__(name):  # lazy access: metaqsm.bgremove.resharp etc.
-    if name in METHODS:
+    if name in BGREMOVALS:
         return get_method(name)
     raise AttributeError(f"module 'metaqsm.bgremove' has no attribute {name!r}")
 

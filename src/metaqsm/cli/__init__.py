@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from .._version import __version__
@@ -34,6 +35,34 @@ def build_parser():
     return parser
 
 
+def _flags(parser, command):
+    """Python argument name -> command-line flag for the subcommand ``command``: each option's
+    destination, plus the ``flag_aliases`` a command sets for library arguments whose name
+    differs from its flag (e.g. ``inversion_method`` -> ``--method``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = {}
+    for action in sub.choices[command]._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs:
+            out[action.dest] = longs[0]
+    return out
+
+
+_LEADING_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?=[\s:])")
+_SNAKE_NAME = re.compile(r"(?<![\w.'\"-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w'\"])")
+
+
+def translate(message, flags):
+    """Library errors name Python arguments (``lam must be positive``); a user of the command
+    line reads its flags (``--lambda must be positive``). The leading name is mapped, and any
+    snake_case argument name further on (``pass echo_times`` -> ``pass --echo-times``)."""
+    text = str(message)
+    m = _LEADING_NAME.match(text)
+    if m and m.group(1) in flags:
+        text = flags[m.group(1)] + text[m.end():]
+    return _SNAKE_NAME.sub(lambda g: flags.get(g.group(1), g.group(1)), text)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (tests call this directly)."""
     parser = build_parser()
@@ -43,7 +72,8 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, NotADirectoryError,
             KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"metaqsm {args.command}: error: {msg}", file=sys.stderr)
+        flags = {**_flags(parser, args.command), **getattr(args, "flag_aliases", {})}
+        print(f"metaqsm {args.command}: error: {translate(msg, flags)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"metaqsm {args.command}: interrupted; no partial output was kept", file=sys.stderr)

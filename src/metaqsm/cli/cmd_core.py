@@ -16,31 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validate import as_b0_dir, as_int, as_mask, as_positive, as_volume, as_voxel_size
+from .._validate import as_mask, as_volume
 from .._version import __version__
 from ..io.derivatives import sidecar_path
+from ..methods import DEFAULT_INVERSION, INVERSIONS
 from . import _common
-
-# The method `metaqsm invert` uses without --method (becomes "meta" once the shipped network lands).
-from ..inversion import DEFAULT_METHOD  # noqa: E402  (one default for every command)
-
-# CLI option dest -> (flag, names the inversion's keyword may have). Only the options the chosen
-# method's signature accepts are passed; setting any other one is an error.
-METHOD_OPTIONS = {
-    "threshold": ("--threshold", ("threshold",)),
-    "lam": ("--lambda", ("lam", "lambda_", "lmbda")),
-    "max_iter": ("--max-iter", ("max_iter",)),
-    "tol": ("--tol", ("tol",)),
-    "magnitude": ("--magnitude", ("magnitude",)),
-    "field_strength": ("--field-strength", ("field_strength",)),
-    "weights": ("--weights", ("weights", "checkpoint")),
-    "device": ("--device", ("device",)),
-    "regulariser": ("--regulariser", ("regulariser", "regularizer")),
-    "pad": ("--pad", ("pad",)),
-    "refine": ("--refine", ("refine",)),
-    "refine_iter": ("--refine-iter", ("refine_iter",)),
-    "refine_mu": ("--refine-mu", ("refine_mu",)),
-}
 
 METRIC_KEYS = ("rmse", "nrmse_demeaned", "hfen", "ssim", "xsim", "correlation")
 
@@ -61,8 +41,6 @@ def _add_parser(subparsers, name, **kwargs):
 
 
 def register(subparsers):
-    from ..inversion import METHODS
-
     p = _add_parser(
         subparsers, "forward",
         help="susceptibility (ppm) -> local field (ppm) by the dipole model",
@@ -96,36 +74,14 @@ def register(subparsers):
     p.add_argument("field", help="local field map, NIfTI, ppm (3D)")
     p.add_argument("--mask", required=True, help="brain mask, NIfTI (non-zero = inside)")
     p.add_argument("-o", "--output", required=True, help="output susceptibility map (.nii or .nii.gz)")
-    p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
-                   help=f"inversion method, one of: {', '.join(METHODS)}")
-    g = p.add_argument_group("method parameters (default: the method's own)")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="truncation threshold of |D| (tkd, tsvd)")
-    g.add_argument("--lambda", dest="lam", type=float, default=None,
-                   help="regularisation weight (tikhonov, medi, tv)")
-    g.add_argument("--max-iter", dest="max_iter", type=int, default=None,
-                   help="maximum number of iterations (iterative methods)")
-    g.add_argument("--tol", type=float, default=None, help="stopping tolerance (iterative methods)")
+    p.add_argument("--method", default=DEFAULT_INVERSION, metavar="NAME",
+                   help=f"inversion method, one of: {', '.join(INVERSIONS)}")
+    g = p.add_argument_group("method inputs and parameters (default: the method's own)")
     g.add_argument("--magnitude", default=None,
-                   help="magnitude NIfTI, same grid as the field (medi: edge mask and weights)")
-    g.add_argument("--field-strength", dest="field_strength", type=float, default=None,
-                   help="main field in tesla (methods that convert ppm to radians)")
-    g.add_argument("--weights", default=None,
-                   help="network checkpoint (meta, mesa; default: the shipped one)")
-    g.add_argument("--device", default=None, metavar="cpu|cuda",
-                   help="device for the networks (meta, mesa)")
-    g.add_argument("--refine", action="store_const", const=True, default=None,
-                   help="meta, mesa: pull the network's map towards the field with a few CG "
-                        "iterations of ||M (D chi - f)||^2 + mu ||chi - chi_net||^2 (off by "
-                        "default)")
-    g.add_argument("--refine-iter", dest="refine_iter", type=int, default=None,
-                   help="CG iterations of --refine (default 10)")
-    g.add_argument("--refine-mu", dest="refine_mu", type=float, default=None,
-                   help="proximity weight mu of --refine (default 0.01)")
-    g.add_argument("--regulariser", default=None,
-                   help="regulariser (tikhonov: identity, gradient or laplacian)")
-    g.add_argument("--pad", default=None, metavar="auto|N",
-                   help="zero padding of the FFT grid: 'auto' doubles each axis, N adds N voxels")
+                   help="magnitude NIfTI, same grid as the field (" + ", ".join(
+                       n for n, m in INVERSIONS.items() if "magnitude" in m.inputs)
+                   + ": edge mask and weights)")
+    _common.add_method_option_flags(g, INVERSIONS.values())
     _common.add_geometry_args(p)
     _common.add_force_arg(p)
     p.set_defaults(func=run_invert)
@@ -169,14 +125,6 @@ def _parse_pad(value, flag="--pad"):
     return n
 
 
-def _check_geometry_args(args):
-    """Fail early on a bad --voxel-size / --b0-dir, before any file is read."""
-    if args.voxel_size is not None:
-        as_voxel_size(args.voxel_size, "--voxel-size")
-    if args.b0_dir is not None:
-        as_b0_dir(args.b0_dir, "--b0-dir")
-
-
 def _check_inputs_exist(pairs):
     for flag, path in pairs:
         if path is not None and not Path(path).is_file():
@@ -204,7 +152,7 @@ def run_forward(args):
     from ..kernels import forward_field
 
     out = _nifti_output(args.output)
-    _check_geometry_args(args)
+    _common.check_geometry_args(args)
     pad = _parse_pad(args.pad)
     if args.kernel not in ("kspace", "ispace"):
         raise ValueError(f"--kernel must be kspace or ispace, got {args.kernel!r}")
@@ -235,80 +183,23 @@ def run_forward(args):
 
 
 # ----------------------------------------------------------------------------- invert
-def _method_kwargs(name, func, args):
-    """The keyword arguments of ``func`` set on the command line (dest -> (param, value))."""
-    params = inspect.signature(func).parameters
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    chosen = {}
-    for dest, (flag, names) in METHOD_OPTIONS.items():
-        param = next((n for n in names if n in params), None)
-        if param is None and var_kw:
-            param = names[0]
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        if param is None:
-            takes = ", ".join(accepted_flags(params, var_kw)) or "none of the method options"
-            raise ValueError(f"{flag} is not an option of method {name!r} (it takes: {takes})")
-        chosen[dest] = (param, value)
-    return chosen
-
-
-def effective_parameters(func, given):
-    """The parameters a run used: the method's keyword defaults (plain values only) updated by
-    those ``given`` on the command line, for the sidecar."""
-    out = {}
-    for name, p in inspect.signature(func).parameters.items():
-        if (p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty
-                or name in ("voxel_size", "b0_dir", "progress")):
-            continue
-        v = list(p.default) if isinstance(p.default, tuple) else p.default
-        if v is None or isinstance(v, (bool, int, float, str, list)):
-            out[name] = v
-    out.update(given)
-    return out
-
-
-def accepted_flags(params, var_kw=False):
-    """The CLI flags a method with signature parameters ``params`` accepts."""
-    return [flag for flag, names in METHOD_OPTIONS.values()
-            if var_kw or any(n in params for n in names)]
-
-
-def _resolve_method(name):
-    from ..inversion import METHODS, get_method
-
-    if name not in METHODS:
-        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {name!r}")
-    try:
-        return get_method(name)
-    except ImportError as exc:
-        hint = " (install the deep-learning extra: pip install 'metaqsm[dl]')" \
-            if getattr(exc, "name", "") in ("torch", "safetensors") else ""
-        raise ValueError(f"--method {name} is not available: {exc}{hint}") from None
-
-
 def run_invert(args):
     from ..io import check_output_paths, load_nifti
+    from ..methods import inversion
 
     out = _nifti_output(args.output)
-    _check_geometry_args(args)
-    args.pad = _parse_pad(args.pad)
-    if args.field_strength is not None:
-        as_positive(args.field_strength, "--field-strength")
-    if args.device is not None and not (args.device == "cpu" or args.device.startswith("cuda")):
-        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
-    func = _resolve_method(args.method)
-    chosen = _method_kwargs(args.method, func, args)
-    for dest, flag in (("refine_iter", "--refine-iter"), ("refine_mu", "--refine-mu")):
-        if dest in chosen and not args.refine:
-            raise ValueError(f"{flag} sets the refinement, which is off: add --refine")
-    if args.refine_iter is not None:
-        as_int(args.refine_iter, "--refine-iter", minimum=1)
-    if args.refine_mu is not None:
-        as_positive(args.refine_mu, "--refine-mu")
+    _common.check_geometry_args(args)
+    method = inversion(args.method)
+    chosen = _common.method_options_given(args, method, INVERSIONS.values())
+    if args.magnitude is not None and "magnitude" not in method.inputs:
+        raise ValueError(_common.not_an_option("--magnitude", method))
+    for name in ("refine_iter", "refine_mu"):
+        if name in chosen and not chosen.get("refine"):
+            raise ValueError(f"{method.option(name).cli_flag} sets the refinement, which is off: "
+                             "add --refine")
+    func = _common.resolve_function(method)
     _check_inputs_exist([("field", args.field), ("--mask", args.mask),
-                         ("--magnitude", args.magnitude), ("--weights", args.weights)])
+                         ("--magnitude", args.magnitude), ("--weights", chosen.get("weights"))])
     json_out = sidecar_path(out)
     check_output_paths([out, json_out], force=args.force)
 
@@ -321,17 +212,13 @@ def run_invert(args):
     m = as_mask(mask_vol.data, f.shape, "--mask")
     vsz, b0 = _common.geometry(field, args)
 
-    kwargs, recorded = {}, {}
-    for dest, (param, value) in chosen.items():
-        if dest == "magnitude":
-            mag = load_nifti(value, name="--magnitude", ndim=(3, 4))
-            if mag.data.shape[:3] != f.shape:
-                raise ValueError(f"--magnitude {value} has shape {mag.data.shape}, but the field "
-                                 f"has shape {f.shape}")
-            kwargs[param] = as_volume(mag.data, "--magnitude", ndim=(3, 4))
-        else:
-            kwargs[param] = value
-        recorded[param] = value
+    kwargs = dict(chosen)
+    if args.magnitude is not None:
+        mag = load_nifti(args.magnitude, name="--magnitude", ndim=(3, 4))
+        if mag.data.shape[:3] != f.shape:
+            raise ValueError(f"--magnitude {args.magnitude} has shape {mag.data.shape}, but the "
+                             f"field has shape {f.shape}")
+        kwargs["magnitude"] = as_volume(mag.data, "--magnitude", ndim=(3, 4))
 
     if "progress" in inspect.signature(func).parameters and sys.stderr.isatty():
         kwargs["progress"] = True  # iteration bar of the iterative methods, interactive use only
@@ -345,7 +232,7 @@ def run_invert(args):
     sidecar = {
         "Operation": "invert",
         "Method": args.method,
-        "Parameters": effective_parameters(func, recorded),
+        "Parameters": {**method.defaults(), **chosen},
         "Units": "ppm",
         "Inputs": {"field": str(args.field), "mask": str(args.mask),
                    **({"magnitude": str(args.magnitude)} if args.magnitude else {})},

@@ -216,6 +216,12 @@ def register(subparsers):
 
 
 # ----------------------------------------------------------------------------- helpers
+# library argument names -> this module's flags, where they differ (the CLI translates errors)
+_RUN_ALIASES = {"inversion_method": "--method", "inversion_options": "--method-option",
+                "bgremove_method": "--bgremove", "bgremove_options": "--bgremove-option",
+                "dicom": "--dicom"}
+
+
 def _nifti_path(path, flag):
     p = Path(path)
     if not (p.name.endswith(".nii") or p.name.endswith(".nii.gz")):
@@ -223,121 +229,31 @@ def _nifti_path(path, flag):
     return p
 
 
-def _exists(path, flag):
-    if path is not None and not Path(path).exists():
-        raise FileNotFoundError(f"{flag}: no such file or folder: {path}")
+def parse_options(items, flag, method=None):
+    """``["radius=6", "name=x"]`` -> ``{"radius": 6.0, "name": "x"}``.
 
-
-def parse_options(items, flag):
-    """``["radius=6", "name=x"]`` -> ``{"radius": 6, "name": "x"}`` (values parsed as JSON)."""
+    With a registered ``method`` (:class:`metaqsm.methods.Method`) the keys must be its options
+    and the values are converted to their types; without one, values are parsed as JSON.
+    """
     out = {}
     for item in items or []:
         key, sep, value = str(item).partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key.isidentifier():
             raise ValueError(f"{flag} must be KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
+        if method is None:
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key] = value
+        else:
             out[key] = value
+    if method is not None:
+        try:
+            out = method.check_options(out)
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
     return out
-
-
-def read_sidecar(path):
-    """The JSON sidecar beside a NIfTI file, or ``{}``."""
-    from ..io.derivatives import sidecar_path
-
-    side = sidecar_path(path)
-    if not side.exists():
-        return {}
-    try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"sidecar {side} is not valid JSON ({exc})") from None
-
-
-def _load_echoes(paths, flag):
-    """Load one 4D or several 3D NIfTI files; returns (4D data, first Volume, echo times from
-    the sidecars or None, field strength from the sidecars or None)."""
-    from ..io import load_nifti
-
-    vols, tes, b0s = [], [], []
-    for path in paths:
-        _exists(path, flag)
-        vols.append(load_nifti(path, name=flag, ndim=(3, 4)))
-        side = read_sidecar(path)
-        te = side.get("EchoTime")
-        if te is not None:
-            tes.extend(np.atleast_1d(np.asarray(te, float)).tolist())
-        if side.get("MagneticFieldStrength") is not None:
-            b0s.append(float(side["MagneticFieldStrength"]))
-    if len(vols) == 1:
-        data = vols[0].data
-    else:
-        shapes = {v.data.shape for v in vols}
-        if len(shapes) != 1 or vols[0].data.ndim != 3:
-            raise ValueError(f"{flag}: several files must all be 3D of one shape (one per echo), "
-                             f"got shapes {sorted(shapes)}")
-        data = np.stack([v.data for v in vols], axis=-1)
-    tes = tes or None  # a count that differs from the echoes is reported by check_inputs
-    if tes is not None and all(t > 1.0 for t in tes):
-        tes = [t / 1000.0 for t in tes]  # a sidecar in ms (not BIDS, but common)
-    return data, vols[0], tes, (b0s[0] if b0s else None)
-
-
-def _to_radians(phase, units):
-    """``units="auto"``: phase already in radians is kept; signed values are scaled by
-    pi / max|phase|, non-negative ones by 2 pi / max (e.g. 0..4095). Returns (phase, scale)."""
-    if units != "auto":
-        return phase, 1.0
-    from ..pipeline import _PHASE_MIN_SPAN, _PHASE_TOL
-
-    lo, hi = float(np.min(phase)), float(np.max(phase))
-    peak = max(abs(lo), abs(hi))
-    if peak == 0:
-        raise ValueError("phase is all zeros")
-    if peak >= _PHASE_MIN_SPAN and ((lo >= -np.pi - _PHASE_TOL and hi <= np.pi + _PHASE_TOL)
-                                    or (lo >= -_PHASE_TOL and hi <= 2 * np.pi + _PHASE_TOL)):
-        return phase, 1.0
-    scale = np.pi / peak if lo < 0 else 2 * np.pi / hi
-    return (phase * scale).astype(np.float32), scale
-
-
-def _acquisition_from_nifti(args):
-    """Magnitude, phase, echo times, field strength, reference Volume, inputs record."""
-    mag, mag_vol, te_m, b0_m = _load_echoes(args.magnitude, "--magnitude")
-    ph, ph_vol, te_p, b0_p = _load_echoes(args.phase, "--phase")
-    if args.echo_times is not None:
-        tes, te_src = list(args.echo_times), "command line"
-    elif te_p is not None or te_m is not None:
-        tes, te_src = (te_p if te_p is not None else te_m), "JSON sidecar"
-    else:
-        raise ValueError("echo times are missing: pass --echo-times (seconds) or put EchoTime in "
-                         "the JSON sidecars beside the phase files")
-    if args.field_strength is not None:
-        b0, b0_src = args.field_strength, "command line"
-    elif b0_p is not None or b0_m is not None:
-        b0, b0_src = (b0_p if b0_p is not None else b0_m), "JSON sidecar"
-    else:
-        raise ValueError("field strength is missing: pass --field-strength (tesla) or put "
-                         "MagneticFieldStrength in the JSON sidecar beside the phase")
-    ph, scale = _to_radians(ph, args.phase_units)
-    inputs = {"magnitude": [str(p) for p in args.magnitude], "phase": [str(p) for p in args.phase],
-              "EchoTimeSource": te_src, "MagneticFieldStrengthSource": b0_src}
-    if scale != 1.0:
-        inputs["PhaseScale"] = scale
-    return mag, ph, tes, b0, ph_vol, inputs
-
-
-def _load_mask(path, shape, flag="--mask"):
-    from .._validate import as_mask
-    from ..io import load_nifti
-
-    _exists(path, flag)
-    vol = load_nifti(path, name=flag, ndim=3)
-    if vol.data.shape != tuple(shape):
-        raise ValueError(f"{flag} {path} has shape {vol.data.shape}, but the data have {tuple(shape)}")
-    return as_mask(vol.data, shape, flag)
 
 
 def _check_stage_outputs(paths, force):
@@ -353,19 +269,19 @@ def _check_stage_outputs(paths, force):
 
 
 def _write_stage(outputs, affine, header, sidecar, force):
-    """Write NIfTI outputs (list of (path, array, dtype)) with sidecars, all or nothing."""
-    import contextlib
-
+    """Write NIfTI outputs (list of (path, array, dtype, extra sidecar keys)) with sidecars,
+    all or nothing."""
     from .._version import __version__
-    from ..io import atomic_path, save_nifti, write_json
+    from ..io import save_nifti, write_all, write_json
     from ..io.derivatives import sidecar_path
 
-    with contextlib.ExitStack() as stack:
-        for path, data, dtype, extra in outputs:
-            tmp = stack.enter_context(atomic_path(path, force=force))
-            save_nifti(tmp, data, affine, header=header, force=True, dtype=dtype)
-            tmp_json = stack.enter_context(atomic_path(sidecar_path(path), force=force))
-            write_json(tmp_json, {**sidecar, **extra, "MetaqsmVersion": __version__}, force=True)
+    items = []
+    for path, data, dtype, extra in outputs:
+        items.append((path, lambda tmp, d=data, t=dtype: save_nifti(tmp, d, affine, header=header,
+                                                                   force=True, dtype=t)))
+        meta = {**sidecar, **extra, "MetaqsmVersion": __version__}
+        items.append((sidecar_path(path), lambda tmp, m=meta: write_json(tmp, m, force=True)))
+    write_all(items, force=force)
 
 
 # ----------------------------------------------------------------------------- run
@@ -391,69 +307,46 @@ def _run_outputs(args, subject_hint):
 
 
 def run_run(args):
-    from .._validate import as_b0_dir
+    from ..io.acquisition import load_mask, load_scan
+    from ..methods import bgremoval, inversion
     from ..pipeline import check_inputs, run_pipeline, write_outputs
 
+    args.flag_aliases = _RUN_ALIASES
     if args.dicom is None and (args.magnitude is None or args.phase is None):
         raise ValueError("give --magnitude and --phase (NIfTI), or --dicom DIR")
     if args.dicom is not None and (args.magnitude is not None or args.phase is not None):
         raise ValueError("give either --dicom or --magnitude/--phase, not both")
-    bg_opts = parse_options(args.bgremove_option, "--bgremove-option")
-    inv_opts = parse_options(args.method_option, "--method-option")
-    from ..bgremove import get_method as get_bg
-    from ..inversion import get_method as get_inv
-
-    get_bg(args.bgremove)
-    try:
-        get_inv(args.method)  # fails before any work on an unknown or unavailable method
-    except ImportError as exc:
-        raise ValueError(f"--method {args.method} is not available: {exc} (the networks need "
-                         "the deep-learning extra: pip install 'metaqsm[dl]')") from None
+    bg_opts = parse_options(args.bgremove_option, "--bgremove-option",
+                            bgremoval(args.bgremove, "bgremove_method"))
+    method = inversion(args.method, "inversion_method")
+    inv_opts = parse_options(args.method_option, "--method-option", method)
+    _common.resolve_function(method)  # an unavailable network fails before any work
     hint = args.dicom if args.dicom is not None else args.phase[0]
     subject, session = _run_outputs(args, hint)
-    _exists(args.mask, "--mask")
+    _common.check_geometry_args(args)
 
-    header = None
-    if args.dicom is not None:
-        from ..io.dicom import read_dicom_series
-
-        _exists(args.dicom, "--dicom")
-        d = read_dicom_series(args.dicom, series=args.series)
-        mag, ph, affine = d.magnitude, d.phase, d.affine
-        tes = list(args.echo_times) if args.echo_times is not None else d.echo_times
-        b0 = args.field_strength if args.field_strength is not None else d.field_strength
-        vsz = d.voxel_size if args.voxel_size is None else np.asarray(args.voxel_size, float)
-        b0_dir = d.b0_dir if args.b0_dir is None else np.asarray(args.b0_dir, float)
-        inputs = {"dicom": str(args.dicom), "series": args.series}
-        if b0 is None:
-            raise ValueError("field strength is missing: the DICOM headers have no "
-                             "MagneticFieldStrength; pass --field-strength (tesla)")
-    else:
-        mag, ph, tes, b0, ph_vol, inputs = _acquisition_from_nifti(args)
-        affine, header = ph_vol.affine, ph_vol.header
-        vsz, b0_dir = _common.geometry(ph_vol, args)
-        side_b0 = read_sidecar(args.phase[0]).get("B0Direction")
-        if args.b0_dir is None and side_b0 is not None:
-            # metaqsm's own sidecars (e.g. from `metaqsm simulate --b0-dir`) record a B0
-            # direction that the affine may not encode
-            b0_dir = as_b0_dir(side_b0, "B0Direction of the phase sidecar")
-            inputs["B0DirectionSource"] = "JSON sidecar"
-    mag, ph, tes, b0 = check_inputs(mag, ph, tes, b0)
+    scan = load_scan(args.magnitude, args.phase, dicom=args.dicom, series=args.series,
+                     echo_times=args.echo_times, field_strength=args.field_strength,
+                     phase_units=args.phase_units, voxel_size=args.voxel_size,
+                     b0_dir=args.b0_dir)
+    mag, ph, tes, b0 = check_inputs(scan.magnitude, scan.phase, scan.echo_times,
+                                    scan.field_strength)
+    inputs = dict(scan.inputs)
     mask = None
     if args.mask is not None:
-        mask = _load_mask(args.mask, ph.shape[:3])
+        mask = load_mask(args.mask, ph.shape[:3])
         inputs["mask"] = str(args.mask)
 
     t0 = time.perf_counter()
-    result = run_pipeline(mag, ph, echo_times=tes, field_strength=b0, voxel_size=vsz,
-                          b0_dir=b0_dir, affine=affine, mask=mask, fit_method=args.fit,
+    result = run_pipeline(mag, ph, echo_times=tes, field_strength=b0, voxel_size=scan.voxel_size,
+                          b0_dir=scan.b0_dir, affine=scan.affine, mask=mask, fit_method=args.fit,
                           unwrap_method=args.unwrap,
                           mask_options={"erode_mm": args.mask_erode_mm} if args.mask_erode_mm else None,
                           bgremove_method=args.bgremove, bgremove_options=bg_opts,
                           inversion_method=args.method, inversion_options=inv_opts,
                           progress=not args.quiet)
     paths = write_outputs(result, args.output, subject=subject, session=session, inputs=inputs,
-                          force=args.force, header=header, figure=not args.no_figure)
+                          force=args.force, header=scan.header, figure=not args.no_figure)
     total = time.perf_counter() - t0
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     print(f"metaqsm run: {'x'.join(map(str, ph.shape))} in {total:.1f} s ({stages})")
@@ -471,74 +364,24 @@ def _number_or_nifti(value, flag, shape):
         return float(value)
     except ValueError:
         from ..io import load_nifti
+        from ..io.acquisition import require_file
 
-        _exists(value, flag)
+        require_file(value, flag)
         vol = load_nifti(value, name=flag, ndim=3)
         if vol.data.shape != tuple(shape):
             raise ValueError(f"{flag} {value} has shape {vol.data.shape}, expected {tuple(shape)}") from None
         return vol.data
 
 
-def write_simulation(acq, out_dir, *, subject="01", force=False, header=None, extra=None):
-    """Write a simulated :class:`~metaqsm.simulate.acquisition.Acquisition` with BIDS-like
-    sidecars, all or nothing. Returns dict key -> Path."""
-    import contextlib
-
-    from .._version import __version__
-    from ..io import atomic_path, check_output_paths, save_nifti, write_json
-    from ..io.derivatives import SIMULATION_OUTPUTS, sidecar_path, simulation_paths
-
-    out = Path(out_dir)
-    paths = simulation_paths(out, subject)
-    sidecars = {k: sidecar_path(p) for k, p in paths.items()}
-    if out.exists():
-        check_output_paths(list(paths.values()) + list(sidecars.values()), force=force)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.exists():
-        raise FileNotFoundError(f"output folder {parent} does not exist")
-    affine = acq.affine if acq.affine is not None else np.diag(list(acq.voxel_size) + [1.0])
-    common = {
-        "EchoTime": [float(t) for t in acq.echo_times],
-        "MagneticFieldStrength": float(acq.field_strength),
-        "B0Direction": [float(b) for b in acq.b0_dir],
-        "VoxelSize": [float(v) for v in acq.voxel_size],
-        "NoiseStd": float(acq.noise_std),
-        "GeneratedBy": [{"Name": "metaqsm simulate", "Version": __version__}],
-        **(extra or {}),
-    }
-    arrays = {"magnitude": acq.magnitude, "phase": acq.phase, "chi": acq.chi,
-              "local_field": acq.local_field, "total_field": acq.total_field, "mask": acq.mask}
-    created = not out.exists()
-    out.mkdir(exist_ok=True)
-    try:
-        with contextlib.ExitStack() as stack:
-            for key, path in paths.items():
-                _, description, unit = SIMULATION_OUTPUTS[key]
-                tmp = stack.enter_context(atomic_path(path, force=force))
-                save_nifti(tmp, arrays[key], affine, header=header, force=True,
-                           dtype=np.uint8 if key == "mask" else np.float32)
-                meta = {**common, "Description": description}
-                if unit:
-                    meta["Units"] = unit
-                if key in ("magnitude", "phase"):
-                    meta["ImageType"] = ["ORIGINAL", "PRIMARY", "M" if key == "magnitude" else "P"]
-                tmp_json = stack.enter_context(atomic_path(sidecars[key], force=force))
-                write_json(tmp_json, meta, force=True)
-    except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    return paths
-
-
 def run_simulate(args):
     from .._validate import as_volume
-    from ..io import load_nifti
-    from ..io.derivatives import check_label
+    from ..io import b0_dir_from_affine, load_nifti
+    from ..io.acquisition import load_mask, require_file
+    from ..io.derivatives import check_label, write_simulation
     from ..simulate.acquisition import simulate_acquisition
 
-    _exists(args.chi, "chi")
-    _exists(args.mask, "--mask")
+    require_file(args.chi, "chi")
+    require_file(args.mask, "--mask")
     subject = check_label(args.subject, "--subject")
     out = Path(args.output)
     if out.exists():
@@ -549,7 +392,7 @@ def run_simulate(args):
         check_output_paths(paths + [sidecar_path(p) for p in paths], force=args.force)
     chi_vol = load_nifti(args.chi, name="chi", ndim=3)
     chi = as_volume(chi_vol.data, "chi")
-    mask = _load_mask(args.mask, chi.shape)
+    mask = load_mask(args.mask, chi.shape, "--mask")
     vsz, b0_dir = _common.geometry(chi_vol, args)
     acq = simulate_acquisition(
         chi, mask, voxel_size=vsz, b0_dir=b0_dir, echo_times=args.echo_times,
@@ -565,8 +408,6 @@ def run_simulate(args):
                             "shim_order": args.shim_order,
                             "seed": args.seed}}
     paths = write_simulation(acq, out, subject=subject, force=args.force, extra=extra)
-    from ..io import b0_dir_from_affine
-
     if abs(float(np.dot(b0_dir_from_affine(chi_vol.affine), acq.b0_dir))) < 1 - 1e-6:
         print("metaqsm simulate: note: B0 is not along the affine's scanner z axis; the sidecars "
               "record B0Direction, which metaqsm run uses")
@@ -578,12 +419,14 @@ def run_simulate(args):
 # ----------------------------------------------------------------------------- example
 def run_example(args):
     from ..io import check_output_paths
-    from ..io.derivatives import sidecar_path, simulation_paths
+    from ..io.derivatives import sidecar_path, simulation_paths, write_simulation
+    from ..methods import inversion
     from ..metrics import nrmse_demeaned
     from ..pipeline import call_inversion, output_paths, run_pipeline, write_outputs
     from ..simulate.acquisition import simulate_acquisition
     from ..simulate.phantoms import brain_phantom
 
+    _common.resolve_function(inversion(args.method))  # before the simulation
     out = Path(args.output)
     sim_dir = out / "sim"
     if out.exists():
@@ -641,50 +484,58 @@ def run_example(args):
 
 # ----------------------------------------------------------------------------- stages
 def run_fit_echoes(args):
+    from .._validate import check_acquisition as check_inputs
+    from ..io.acquisition import load_mask, load_scan
     from ..phase import fit_echoes
-    from ..pipeline import check_inputs
 
     out = _nifti_path(args.output, "-o")
     noise_out = None if args.noise_output is None else _nifti_path(args.noise_output, "--noise-output")
     _check_stage_outputs([out, noise_out], args.force)
-    mag, ph, tes, b0, ph_vol, inputs = _acquisition_from_nifti(args)
-    mag, ph, tes, b0 = check_inputs(mag, ph, tes, b0)
-    mask = None if args.mask is None else _load_mask(args.mask, ph.shape[:3])
+    _common.check_geometry_args(args)
+    scan = load_scan(args.magnitude, args.phase, echo_times=args.echo_times,
+                     field_strength=args.field_strength, phase_units=args.phase_units,
+                     voxel_size=args.voxel_size, b0_dir=args.b0_dir)
+    mag, ph, tes, b0 = check_inputs(scan.magnitude, scan.phase, scan.echo_times,
+                                    scan.field_strength)
+    mask = None if args.mask is None else load_mask(args.mask, ph.shape[:3], "--mask")
     t0 = time.perf_counter()
     fit = fit_echoes(mag, ph, echo_times=tes, field_strength=b0, mask=mask, method=args.method,
                      unwrap=args.unwrap)
     side = {"Operation": "fit-echoes", "Method": args.method, "Unwrap": args.unwrap,
-            "EchoTime": list(map(float, tes)), "MagneticFieldStrength": b0, "Inputs": inputs,
+            "EchoTime": list(map(float, tes)), "MagneticFieldStrength": b0,
+            "Inputs": scan.inputs,
             "ElapsedSeconds": round(time.perf_counter() - t0, 3)}
     outputs = [(out, fit.field, np.float32, {"Units": "ppm", "Description": "total field"})]
     if noise_out is not None:
         outputs.append((noise_out, fit.noise, np.float32,
                         {"Units": "ppm", "Description": "noise of the total field"}))
-    _write_stage(outputs, ph_vol.affine, ph_vol.header, side, args.force)
+    _write_stage(outputs, scan.affine, scan.header, side, args.force)
     print(f"metaqsm fit-echoes: {args.method} -> {out}")
     return 0
 
 
 def run_unwrap(args):
+    from .._validate import check_phase_radians
     from ..io import load_nifti
+    from ..io.acquisition import load_mask, require_file
     from ..phase import unwrap
+    from ..units import phase_to_radians
 
     out = _nifti_path(args.output, "-o")
     _check_stage_outputs([out], args.force)
-    _exists(args.phase, "phase")
+    _common.check_geometry_args(args)
+    require_file(args.phase, "phase")
     ph_vol = load_nifti(args.phase, name="phase", ndim=(3, 4))
-    ph, scale = _to_radians(ph_vol.data, args.phase_units)
-    from ..pipeline import check_phase_radians
-
+    ph, scale = phase_to_radians(ph_vol.data, args.phase_units)
     check_phase_radians(ph)
     vsz, _ = _common.geometry(ph_vol, args)
     mag = None
     if args.magnitude is not None:
-        _exists(args.magnitude, "--magnitude")
+        require_file(args.magnitude, "--magnitude")
         mag = load_nifti(args.magnitude, name="--magnitude", ndim=(3, 4)).data
         if mag.shape != ph.shape:
             raise ValueError(f"--magnitude has shape {mag.shape}, but the phase has {ph.shape}")
-    mask = None if args.mask is None else _load_mask(args.mask, ph.shape[:3])
+    mask = None if args.mask is None else load_mask(args.mask, ph.shape[:3], "--mask")
     t0 = time.perf_counter()
     result = unwrap(ph, method=args.method, magnitude=mag, mask=mask, voxel_size=vsz)
     side = {"Operation": "unwrap", "Method": args.method, "Units": "rad",
@@ -698,11 +549,13 @@ def run_unwrap(args):
 
 def run_mask(args):
     from ..io import load_nifti
+    from ..io.acquisition import require_file
     from ..mask import brain_mask
 
     out = _nifti_path(args.output, "-o")
     _check_stage_outputs([out], args.force)
-    _exists(args.magnitude, "magnitude")
+    _common.check_geometry_args(args)
+    require_file(args.magnitude, "magnitude")
     vol = load_nifti(args.magnitude, name="magnitude", ndim=(3, 4))
     vsz, _ = _common.geometry(vol, args)
     t0 = time.perf_counter()
@@ -718,18 +571,21 @@ def run_mask(args):
 
 def run_bgremove(args):
     from .._validate import as_volume
-    from ..bgremove import get_method
     from ..io import load_nifti
+    from ..io.acquisition import load_mask, require_file
+    from ..methods import bgremoval
 
     out = _nifti_path(args.output, "-o")
     mask_out = None if args.mask_output is None else _nifti_path(args.mask_output, "--mask-output")
-    opts = parse_options(args.option, "--option")
-    func = get_method(args.method)
+    method = bgremoval(args.method)
+    opts = parse_options(args.option, "--option", method)
+    func = method.function()
     _check_stage_outputs([out, mask_out], args.force)
-    _exists(args.field, "field")
+    _common.check_geometry_args(args)
+    require_file(args.field, "field")
     vol = load_nifti(args.field, name="field", ndim=3)
     f = as_volume(vol.data, "field")
-    mask = _load_mask(args.mask, f.shape)
+    mask = load_mask(args.mask, f.shape, "--mask")
     vsz, b0_dir = _common.geometry(vol, args)
     t0 = time.perf_counter()
     local, eroded = func(f, mask, voxel_size=vsz, b0_dir=b0_dir, **opts)

@@ -3,43 +3,31 @@
 Every method has the signature ``method(field, mask, *, voxel_size, b0_dir=(0, 0, 1), ...)``
 and returns a float32 susceptibility map in ppm, zero outside the mask.
 
-Methods are registered by name (:data:`METHODS`) and imported lazily: the network methods
-("meta", "mesa") need torch, the classical ones never import it.
+The methods are the entries of :data:`metaqsm.methods.INVERSIONS` (name, function, kind,
+inputs, options); they are imported lazily: the network methods ("meta", "mesa") need torch,
+the classical ones never import it.
 """
 
 from __future__ import annotations
 
-from .._registry import resolve
+from ..methods import DEFAULT_INVERSION as DEFAULT_METHOD
+from ..methods import INVERSIONS, inversion, inversion_names
 
-# name -> "module:function" (module relative to the metaqsm package)
-METHODS = {
-    "tkd": "inversion.direct:tkd",
-    "tsvd": "inversion.direct:tsvd",
-    "tikhonov": "inversion.direct:tikhonov",
-    "ilsqr": "inversion.ilsqr:ilsqr",
-    "medi": "inversion.medi:medi",
-    "tv": "inversion.tv:tv",
-    "meta": "dl.infer:invert_meta",
-    "mesa": "dl.infer:invert_mesa",
-}
-
-CLASSICAL = ("tkd", "tsvd", "tikhonov", "ilsqr", "medi", "tv")
-
-DEFAULT_METHOD = "ilsqr"
-"""The inversion used when none is named (``metaqsm invert``, ``metaqsm run``): iLSQR until the
-shipped Meta-QSM model reaches its targets (issue 6), then "meta"."""
+METHODS = tuple(INVERSIONS)
+CLASSICAL = inversion_names("classical")
 
 
 def get_method(name):
     """Return the inversion function registered as ``name``.
 
-    Raises ``ValueError`` naming the known methods for an unknown name.
+    Raises ``ValueError`` naming the known methods for an unknown name, ``ImportError`` for a
+    network when torch is missing.
     """
-    return resolve(METHODS, name)
+    return inversion(name).function()
 
 
 def __getattr__(name):  # lazy access: metaqsm.inversion.tkd etc.
-    if name in METHODS:
+    if name in INVERSIONS:
         return get_method(name)
     raise AttributeError(f"module 'metaqsm.inversion' has no attribute {name!r}")
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .._validate import as_b0_dir, as_voxel_size
+from ._atomic import atomic_path
 
 SCANNER_Z = np.array([0.0, 0.0, 1.0])
 
@@ -98,53 +96,6 @@ def load_nifti(path, *, name="input", ndim=(3, 4), dtype=np.float32):
     voxel_size = as_voxel_size(zooms, f"{name} voxel size (header pixdim)")
     return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), voxel_size=voxel_size,
                   b0_dir=b0_dir_from_affine(img.affine), path=p, header=img.header)
-
-
-def check_output_paths(paths, *, force=False):
-    """Fail before any work starts if an output exists (without ``force``) or its folder is
-    missing."""
-    for path in paths:
-        p = Path(path)
-        if p.exists() and not force:
-            raise FileExistsError(f"output {p} exists; use --force to overwrite it")
-        parent = p.parent if str(p.parent) else Path(".")
-        if not parent.exists():
-            raise FileNotFoundError(f"output folder {parent} does not exist")
-
-
-def _umask():
-    """The process's file-creation mask (os.umask can only be read by setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path, *, force=False):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    The temporary file keeps ``path``'s suffixes (so ``.nii.gz`` stays compressed). On error the
-    temporary file is removed and ``path`` is untouched.
-    """
-    p = Path(path)
-    if p.exists() and not force:
-        raise FileExistsError(f"output {p} exists; use --force to overwrite it")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.exists():
-        raise FileNotFoundError(f"output folder {parent} does not exist")
-    suffix = "".join(p.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name.split('.')[0]}.", suffix=suffix, dir=parent)
-    os.close(fd)
-    try:
-        # mkstemp creates the file readable by its owner only (0600); give the output the mode
-        # any new file gets (0666 minus the umask), as a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        yield Path(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save_nifti(path, data, affine, *, header=None, force=False, dtype=np.float32):

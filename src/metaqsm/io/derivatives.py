@@ -38,6 +38,7 @@ __all__ = [
     "sidecar_path",
     "subject_from_path",
     "check_label",
+    "write_simulation",
 ]
 
 # key -> (suffix without the entities, description for sidecars and docs, unit)
@@ -112,3 +113,42 @@ def subject_from_path(path, default="01"):
     """The ``sub-<label>`` entity of an input path, or ``default``."""
     m = re.search(r"sub-([A-Za-z0-9]+)", str(path))
     return m.group(1) if m else default
+
+
+def write_simulation(acq, out_dir, *, subject="01", force=False, header=None, extra=None):
+    """Write a simulated :class:`~metaqsm.simulate.acquisition.Acquisition` with BIDS-like
+    sidecars, all or nothing (the folder is created when missing). Returns dict key -> Path."""
+    import numpy as np
+
+    from .._version import __version__
+    from ._atomic import write_all
+    from ._nifti import save_nifti, write_json
+
+    out = Path(out_dir)
+    paths = simulation_paths(out, subject)
+    affine = acq.affine if acq.affine is not None else np.diag(list(acq.voxel_size) + [1.0])
+    common = {
+        "EchoTime": [float(t) for t in acq.echo_times],
+        "MagneticFieldStrength": float(acq.field_strength),
+        "B0Direction": [float(b) for b in acq.b0_dir],
+        "VoxelSize": [float(v) for v in acq.voxel_size],
+        "NoiseStd": float(acq.noise_std),
+        "GeneratedBy": [{"Name": "metaqsm simulate", "Version": __version__}],
+        **(extra or {}),
+    }
+    arrays = {"magnitude": acq.magnitude, "phase": acq.phase, "chi": acq.chi,
+              "local_field": acq.local_field, "total_field": acq.total_field, "mask": acq.mask}
+    items = []
+    for key, path in paths.items():
+        _, description, unit = SIMULATION_OUTPUTS[key]
+        dtype = np.uint8 if key == "mask" else np.float32
+        items.append((path, lambda tmp, a=arrays[key], d=dtype: save_nifti(
+            tmp, a, affine, header=header, force=True, dtype=d)))
+        meta = {**common, "Description": description}
+        if unit:
+            meta["Units"] = unit
+        if key in ("magnitude", "phase"):
+            meta["ImageType"] = ["ORIGINAL", "PRIMARY", "M" if key == "magnitude" else "P"]
+        items.append((sidecar_path(path), lambda tmp, m=meta: write_json(tmp, m, force=True)))
+    write_all(items, force=force, folder=out)
+    return paths
