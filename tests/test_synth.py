@@ -394,7 +394,8 @@ def test_cli_synth_round_trip_resume_and_errors(tmp_path, monkeypatch, capsys):
     other = ["synth", "-n", "5", "-o", str(tmp_path / "data"), "--seed", "4", "--split", "0.8",
              "--patch", "16", "16", "8", "--dtype", "float32"]
     assert main(other) == 2
-    assert "cannot resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "use --force to discard it" in err
     assert _synth(tmp_path) == 0
     assert "resuming at sample 3" in capsys.readouterr().err
     out = tmp_path / "data"
@@ -422,6 +423,8 @@ def test_cli_synth_round_trip_resume_and_errors(tmp_path, monkeypatch, capsys):
         assert f["train/field"].shape[0] == 2 and f["val/field"].shape[0] == 0
     assert main(["synth", "-n", "0", "-o", str(tmp_path / "x")]) == 2
     assert "-n must be at least 1" in capsys.readouterr().err
+    assert main(["synth", "-n", "2", "-o", str(tmp_path / "x"), "--split", "0"]) == 2
+    assert "--split must be in (0, 1], got 0.0" in capsys.readouterr().err
     assert main(["synth", "-n", "2", "-o", str(tmp_path / "x"), "--seed", "1000000"]) == 2
     assert "--seed must be in" in capsys.readouterr().err
 
@@ -434,3 +437,109 @@ def test_cli_sheet_png(tmp_path):
                  "--max-tilt", "20"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["synth-sheet", "-o", str(png), "-n", "1", "--patch", "24", "24", "12"]) == 2
+
+
+# ------------------------------------------------------------------------- data set format
+def _fake_samples(indices, shape=(6, 5, 4)):
+    """Random samples with the arrays and types of ``generate_sample`` (fast: no physics)."""
+    for i in indices:
+        rng = np.random.default_rng(i)
+        b0 = rng.normal(size=3)
+        yield i, {"field": rng.normal(size=shape).astype(np.float32),
+                  "chi": rng.normal(size=shape).astype(np.float32),
+                  "mask": rng.random(shape) > 0.5,
+                  "voxel_size": rng.uniform(0.5, 3, 3), "b0_dir": b0 / np.linalg.norm(b0)}
+
+
+def test_trainset_write_resume_and_read_back_exactly(tmp_path):
+    import pickle
+
+    from metaqsm.io import trainset
+
+    config = {"patch_shape": [6, 5, 4], "max_tilt_deg": 0.0}
+    kw = dict(n=5, seed=7, config=config, split=0.6, dtype="float32", compression="gzip")
+    assert trainset.begin(tmp_path, **kw) == 0
+    partial = tmp_path / ".synth.h5.partial"
+
+    def interrupted():
+        yield from _fake_samples(range(3))
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        trainset.append(tmp_path, interrupted(), flush_every=2)
+    # progress is recorded every 2 samples: a resumed run redoes sample 2
+    assert trainset.begin(tmp_path, **kw) == 2
+    with pytest.raises(ValueError, match="not complete: 2 of 5"):
+        trainset.finish(tmp_path)
+    with pytest.raises(ValueError, match=r"samples must be the indices 2 \.\. 4 in order, got index 3"):
+        trainset.append(tmp_path, _fake_samples([3]))
+    assert trainset.append(tmp_path, _fake_samples(range(2, 5)), flush_every=2) == 5
+    assert trainset.finish(tmp_path, seconds=1.23) == tmp_path / "synth.h5"
+    assert not partial.exists()
+
+    manifest = trainset.read_manifest(tmp_path / "synth.h5")
+    assert manifest["counts"] == {"train": 3, "val": 2}
+    assert manifest["indices"] == {"train": [0, 3], "val": [3, 5]}
+    assert (manifest["seed"], manifest["split"], manifest["dtype"]) == (7, 0.6, "float32")
+    assert manifest["config"] == config and manifest["seconds"] == 1.2
+    want = dict(_fake_samples(range(5)))
+    for split, indices in (("train", range(3)), ("val", range(3, 5))):
+        r = trainset.Reader(tmp_path, split)
+        assert len(r) == len(indices) and r.attrs["done"] == 5
+        for row, index in enumerate(indices):
+            assert r.index(row) == index
+            got = r.sample(row)
+            for key in ("field", "chi"):
+                np.testing.assert_array_equal(got[key], want[index][key])
+            np.testing.assert_array_equal(got["mask"], want[index]["mask"].astype(np.uint8))
+            for key in ("voxel_size", "b0_dir"):
+                np.testing.assert_array_equal(got[key], want[index][key].astype(np.float32))
+    r = pickle.loads(pickle.dumps(trainset.Reader(tmp_path, "val")))  # no open handle travels
+    np.testing.assert_array_equal(r.sample(-1)["chi"], want[4]["chi"])
+    with pytest.raises(IndexError, match="index 2 out of range for 2 samples"):
+        r.sample(2)
+    with h5py.File(tmp_path / "synth.h5", "r") as f:
+        assert f["train/field"].compression == "gzip" and f["val/chi"].chunks == (1, 6, 5, 4)
+
+    # a finished data set is never overwritten without force; float16 storage rounds once
+    with pytest.raises(FileExistsError, match="exists; use --force"):
+        trainset.begin(tmp_path, **kw)
+    assert trainset.begin(tmp_path, **{**kw, "dtype": "float16"}, force=True) == 0
+    trainset.append(tmp_path, _fake_samples(range(5)))
+    trainset.finish(tmp_path, force=True)
+    got = trainset.Reader(tmp_path, "train").sample(1)["field"]
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, want[1]["field"].astype(np.float16))
+
+
+def test_trainset_errors_name_the_argument(tmp_path):
+    from metaqsm.io import trainset
+
+    config = {"patch_shape": [6, 5, 4]}
+    for kw, error, message in (
+            (dict(n=0), ValueError, "n must be at least 1, got 0"),
+            (dict(n=2.0), TypeError, "n must be an integer, got 2.0"),
+            (dict(split=0.0), ValueError, r"split must be in \(0, 1\], got 0.0"),
+            (dict(dtype="float64"), ValueError, "dtype must be one of float16, float32"),
+            (dict(compression="zip"), ValueError, "compression must be one of lzf, gzip, none"),
+            (dict(config={}), ValueError, "config must be a dict of SynthConfig fields"),
+            (dict(config={"patch_shape": [6, 5]}), ValueError,
+             r"config\['patch_shape'\] must be 3 positive integers")):
+        with pytest.raises(error, match=message):
+            trainset.begin(tmp_path, **{"n": 3, "seed": 1, "config": config, **kw})
+    with pytest.raises(FileNotFoundError, match="output folder"):
+        trainset.begin(tmp_path / "missing", n=3, seed=1, config=config)
+    # a partial file of other settings is kept unless force discards it
+    trainset.begin(tmp_path, n=3, seed=1, config=config)
+    with pytest.raises(FileExistsError, match="cannot resume with these settings.*force=True"):
+        trainset.begin(tmp_path, n=3, seed=2, config=config)
+    assert trainset.begin(tmp_path, n=3, seed=2, config=config, force=True) == 0
+    with pytest.raises(ValueError, match="flush_every must be an integer >= 1"):
+        trainset.append(tmp_path, [], flush_every=0)
+    with pytest.raises(FileNotFoundError, match="call begin"):
+        trainset.append(tmp_path / "other", [])
+    with pytest.raises(FileNotFoundError, match="no synthetic data set"):
+        trainset.Reader(tmp_path / "none")
+    with pytest.raises(ValueError, match="split must be one of"):
+        trainset.Reader(tmp_path / ".synth.h5.partial", "test")
+    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
+        trainset.read_manifest(tmp_path / ".synth.h5.partial")

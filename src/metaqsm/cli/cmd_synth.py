@@ -1,33 +1,28 @@
 """``metaqsm synth`` (a synthetic training data set on disk) and ``metaqsm synth-sheet`` (a PNG
 sheet of random samples to look at).
 
-The data set is one HDF5 file with groups ``train`` and ``val`` (the paper's 9:1 split: the first
-``round(n * split)`` indices train, the rest validate), each holding ``field``, ``chi`` (float16
-or float32) and ``mask`` (uint8) of shape (N, X, Y, Z) in chunks of one sample, plus
-``voxel_size`` (N, 3), ``b0_dir`` (N, 3) and ``index`` (N,), the generator index of each sample
-(``generate_sample(index, seed=seed)`` recreates it). ``manifest.json`` beside it records the
-seed, the generator's configuration, the package version, the counts and the split.
-
-The file is written as a hidden ``.synth.h5.partial`` and renamed when complete, so a data set
-that exists is complete. An interrupted run keeps the partial file; the same command resumes it.
+The data set format (one HDF5 file with a 9:1 train/val split, and its manifest) belongs to
+:mod:`metaqsm.io.trainset`; this module parses the options, runs the generator (in several
+processes with ``--workers``) and reports. The file is written as a hidden ``.synth.h5.partial``
+and renamed when complete, so a data set that exists is complete. An interrupted run keeps the
+partial file; the same command resumes it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .._version import __version__
 from . import _common
 
-PARTIAL_PREFIX = "."
-PARTIAL_SUFFIX = ".partial"
-FLUSH_EVERY = 16  # samples between progress checkpoints of the partial file
+FLUSH_EVERY = 16  # samples between progress records in the partial file
+#: The options that the data set writer's arguments come from (errors name the option).
+_FLAGS = {"n": "-n", "split": "--split", "dtype": "--dtype", "compression": "--compression",
+          "force": "--force"}
 
 
 def register(subparsers):
@@ -121,37 +116,23 @@ def _work(job):
     return index, generate_sample(index, config=config, seed=seed)
 
 
-def _create(path, fingerprint, config, counts, dtype, compression):
-    import h5py
-
-    comp = None if compression == "none" else compression
-    with h5py.File(path, "w") as f:
-        f.attrs["fingerprint"] = fingerprint
-        f.attrs["done"] = 0
-        f.attrs["metaqsm_version"] = __version__
-        shape = tuple(config.patch_shape)
-        for name, n in counts.items():
-            g = f.create_group(name)
-            for key, dt in (("field", dtype), ("chi", dtype), ("mask", "uint8")):
-                # maxshape: a chunk may then exceed an empty group (--split 1)
-                g.create_dataset(key, shape=(n,) + shape, dtype=dt, chunks=(1,) + shape,
-                                 maxshape=(None,) + shape, compression=comp)
-            g.create_dataset("voxel_size", shape=(n, 3), dtype="float32", maxshape=(None, 3))
-            g.create_dataset("b0_dir", shape=(n, 3), dtype="float32", maxshape=(None, 3))
-            g.create_dataset("index", shape=(n,), dtype="int64", maxshape=(None,))
+def _flags(exc):
+    """``exc`` of the data set writer, its Python argument names replaced by the options."""
+    msg = str(exc)
+    name, sep, rest = msg.partition(" ")
+    if name in _FLAGS:
+        msg = _FLAGS[name] + sep + rest
+    return type(exc)(msg.replace("force=True", _FLAGS["force"]))
 
 
 def run_synth(args):
-    import h5py
-
-    from ..io import write_json
-    from ..simulate.synth import DATASET_FILE, MANIFEST_FILE
+    from ..io import trainset  # h5py: imported when the command runs
     from ..simulate.anatomy import mni_maps
 
-    if args.count < 1:
-        raise ValueError(f"-n must be at least 1, got {args.count}")
-    if not 0.0 < args.split <= 1.0:
-        raise ValueError(f"--split must be in (0, 1], got {args.split}")
+    try:
+        counts = trainset.split_counts(args.count, args.split)
+    except (TypeError, ValueError) as exc:
+        raise _flags(exc) from None
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     _check_seed(args.seed)
@@ -159,78 +140,40 @@ def run_synth(args):
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"-o {out} exists and is not a folder")
-    final, manifest = out / DATASET_FILE, out / MANIFEST_FILE
-    for p in (final, manifest):
-        if p.exists() and not args.force:
-            raise FileExistsError(f"output {p} exists; use --force to overwrite it")
     if not out.parent.exists():
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     out.mkdir(exist_ok=True)
-
-    n_train = int(round(args.count * args.split))
-    counts = {"train": n_train, "val": args.count - n_train}
-    settings = {"seed": args.seed, "count": args.count, "split": args.split,
-                "dtype": args.dtype, "compression": args.compression,
-                "config": config.to_dict()}
-    fingerprint = json.dumps(settings, sort_keys=True)
-    partial = out / f"{PARTIAL_PREFIX}{DATASET_FILE}{PARTIAL_SUFFIX}"
-    done = 0
-    if partial.exists():
-        try:
-            with h5py.File(partial, "r") as f:
-                same = f.attrs.get("fingerprint") == fingerprint
-                done = int(f.attrs.get("done", 0)) if same else 0
-        except OSError:
-            same = False
-        if not same:
-            if not args.force:
-                raise FileExistsError(f"{partial} holds an unfinished data set that this command "
-                                      "cannot resume (other settings, or damaged); use --force "
-                                      "to discard it")
-            partial.unlink()
-    if not partial.exists():
-        _create(partial, fingerprint, config, counts, args.dtype, args.compression)
-    elif done:
+    try:
+        done = trainset.begin(out, n=args.count, seed=args.seed, config=config.to_dict(),
+                              split=args.split, dtype=args.dtype, compression=args.compression,
+                              force=args.force)
+    except (TypeError, ValueError, FileExistsError) as exc:
+        raise _flags(exc) from None
+    if done:
         print(f"metaqsm synth: resuming at sample {done} of {args.count}", file=sys.stderr)
 
     mni_maps()  # load once here: forked workers inherit it
     jobs = ((i, config, args.seed) for i in range(done, args.count))
     t0 = time.time()
     try:
-        _generate(partial, jobs, counts, done, args)
+        _generate(out, jobs, done, args)
     except KeyboardInterrupt:
-        print(f"metaqsm synth: interrupted; progress kept in {partial}, run the same command "
-              "to resume", file=sys.stderr)
+        print(f"metaqsm synth: interrupted; progress kept in {trainset.paths(out).partial}, run "
+              "the same command to resume", file=sys.stderr)
         return 130
-    os.replace(partial, final)
-    write_json(manifest, {
-        "kind": "metaqsm synthetic training data",
-        "file": DATASET_FILE,
-        "metaqsm_version": __version__,
-        "seed": args.seed,
-        "count": args.count,
-        "split": args.split,
-        "counts": counts,
-        "indices": {"train": [0, n_train], "val": [n_train, args.count]},
-        "dtype": args.dtype,
-        "compression": args.compression,
-        "patch_shape": list(config.patch_shape),
-        "config": config.to_dict(),
-        "generator": "metaqsm.simulate.synth.generate_sample(index, config=config, seed=seed)",
-        "seconds": round(time.time() - t0, 1),
-    }, force=True)
-    print(f"wrote {final} ({counts['train']} train, {counts['val']} val) and {manifest}")
+    final = trainset.finish(out, seconds=time.time() - t0, force=args.force)
+    print(f"wrote {final} ({counts['train']} train, {counts['val']} val) and "
+          f"{trainset.paths(out).manifest}")
     return 0
 
 
-def _generate(partial, jobs, counts, done, args):
+def _generate(out, jobs, done, args):
     import multiprocessing
 
-    import h5py
     from tqdm import tqdm
 
-    n_train = counts["train"]
-    dtype = np.float16 if args.dtype == "float16" else np.float32
+    from ..io import trainset
+
     pool = None
     if args.workers > 1:
         pool = multiprocessing.get_context("fork").Pool(args.workers)
@@ -238,26 +181,20 @@ def _generate(partial, jobs, counts, done, args):
     else:
         results = map(_work, jobs)
     try:
-        with h5py.File(partial, "r+") as f, tqdm(total=args.count, initial=done, unit="sample",
-                                                   desc="synth", file=sys.stderr) as bar:
-            for index, s in results:
-                group, row = ("train", index) if index < n_train else ("val", index - n_train)
-                g = f[group]
-                g["field"][row] = s["field"].astype(dtype)
-                g["chi"][row] = s["chi"].astype(dtype)
-                g["mask"][row] = s["mask"].astype(np.uint8)
-                g["voxel_size"][row] = s["voxel_size"]
-                g["b0_dir"][row] = s["b0_dir"]
-                g["index"][row] = index
-                done = index + 1
-                bar.update(1)
-                if done % FLUSH_EVERY == 0 or done == args.count:
-                    f.attrs["done"] = done
-                    f.flush()
+        with tqdm(total=args.count, initial=done, unit="sample", desc="synth",
+                  file=sys.stderr) as bar:
+            trainset.append(out, _counted(results, bar), flush_every=FLUSH_EVERY)
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+def _counted(items, bar):
+    """``items``, advancing the progress bar once each has been handled."""
+    for item in items:
+        yield item
+        bar.update(1)
 
 
 # ------------------------------------------------------------------------------------ sheet

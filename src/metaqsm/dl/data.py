@@ -16,28 +16,26 @@ so no sample is produced twice and training resumes at a data position with ``st
 ``variants=K`` each generated scene serves K samples, its exact mirror images
 (:func:`~metaqsm.simulate.synth.flip_sample`), spread over blocks of ``K * block`` indices so that
 a batch never holds two mirror images of one scene.
-:class:`H5Dataset` reads what ``metaqsm synth`` wrote (see :mod:`metaqsm.cli.cmd_synth`).
+:class:`H5Dataset` reads what ``metaqsm synth`` wrote (the format: :mod:`metaqsm.io.trainset`).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ..simulate.synth import (DATASET_FILE, MANIFEST_FILE, TRAIN_SEED_LIMIT, VARIANT_FLIPS,
-                              SynthConfig, flip_sample, generate_sample)
+from ..io import trainset
+from ..io.trainset import read_manifest
+from ..simulate.synth import (TRAIN_SEED_LIMIT, VARIANT_FLIPS, SynthConfig, flip_sample,
+                              generate_sample)
 
 __all__ = ["SyntheticStream", "H5Dataset", "to_tensors", "read_manifest", "H5_NAME", "MANIFEST_NAME"]
 
-H5_NAME = DATASET_FILE
-MANIFEST_NAME = MANIFEST_FILE
-SPLITS = ("train", "val")
+H5_NAME = trainset.DATASET_FILE  # the files of a data set folder
+MANIFEST_NAME = trainset.MANIFEST_FILE
 
 
 def to_tensors(sample):
@@ -172,25 +170,6 @@ class SyntheticStream(IterableDataset):
             yield to_tensors(flip_sample(cache[scene], VARIANT_FLIPS[v]))
 
 
-def _resolve(path):
-    p = Path(path)
-    if p.is_dir():
-        p = p / H5_NAME
-    if not p.exists():
-        raise FileNotFoundError(f"no synthetic data set at {path} (expected a folder written by "
-                                f"'metaqsm synth' or its {H5_NAME})")
-    return p
-
-
-def read_manifest(path):
-    """The manifest (dict) of a data set folder or of its HDF5 file."""
-    p = _resolve(path)
-    m = p.parent / MANIFEST_NAME
-    if not m.exists():
-        raise FileNotFoundError(f"{m} is missing: the data set at {p.parent} is incomplete")
-    return json.loads(m.read_text())
-
-
 class H5Dataset(Dataset):
     """A data set written by ``metaqsm synth`` (map-style: ``len`` and indexing).
 
@@ -203,53 +182,25 @@ class H5Dataset(Dataset):
 
     Notes
     -----
-    The file is opened lazily in each process (after the DataLoader forks its workers), since an
-    open HDF5 handle cannot be shared between processes. float16 files are returned as float32.
+    Reads through :class:`metaqsm.io.trainset.Reader`, which opens the file lazily in each
+    process (after the DataLoader forks its workers), since an open HDF5 handle cannot be
+    shared between processes. float16 files are returned as float32.
     """
 
     def __init__(self, path, split="train"):
-        import h5py
-
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.path = _resolve(path)
+        self._reader = trainset.Reader(path, split)
+        self.path = self._reader.path
         self.split = split
-        with h5py.File(self.path, "r") as f:
-            if split not in f:
-                raise ValueError(f"{self.path} has no {split!r} group")
-            self._len = int(f[split]["field"].shape[0])
-            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v)
-                          for k, v in f.attrs.items()}
-        self._file = None
-        self._pid = None
+        self.attrs = self._reader.attrs
 
     def __len__(self):
-        return self._len
-
-    def _group(self):
-        import h5py
-
-        if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._file[self.split]
+        return len(self._reader)
 
     def __getitem__(self, i):
         if isinstance(i, torch.Tensor):
             i = int(i)
-        if not -self._len <= i < self._len:
-            raise IndexError(f"index {i} out of range for {self._len} samples")
-        i %= self._len
-        g = self._group()
-        sample = {key: g[key][i] for key in ("field", "chi", "mask", "voxel_size", "b0_dir")}
-        return to_tensors(sample)
+        return to_tensors(self._reader.sample(i))
 
     def index(self, i):
         """The generator index (``generate_sample(index, seed=...)``) of item ``i``."""
-        return int(self._group()["index"][i])
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_file"] = None
-        state["_pid"] = None
-        return state
+        return self._reader.index(i)
