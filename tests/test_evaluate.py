@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from metaqsm.cli import main
-from metaqsm.evaluate import build_suite, naive_interpolation, run_suite, user_suite
+from metaqsm.evaluate import build_suite, load_results, naive_interpolation, run_suite, user_suite
 from metaqsm.evaluate.figures import case_slices
 from metaqsm.evaluate.suites import slug
 from metaqsm.io import load_nifti, save_nifti
@@ -99,23 +99,33 @@ def test_table_numbers_equal_metrics_recomputed_from_volumes(quick):
 
 def test_resume_skips_done_work_and_completes_a_partial_run(quick, tmp_path):
     out, first_seconds = quick
-    files = sorted((out / "results").glob("*/*/*.json"))
-    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    table = out / "results.jsonl"
+    before = (table.read_bytes(), table.stat().st_mtime_ns)
+    n_done = len(load_results(out))
+    assert n_done == len(table.read_text().splitlines())  # one line per result
     t0 = time.perf_counter()
     res = run_suite(build_suite("quick"), out, resume=True, progress=False)
     seconds = time.perf_counter() - t0
-    assert res["computed"] == 0 and res["skipped"] == len(files)
-    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+    assert res["computed"] == 0 and res["skipped"] == n_done
+    assert (table.read_bytes(), table.stat().st_mtime_ns) == before
     assert seconds < first_seconds
-    # a killed run: one result missing -> only that one is computed again, to the same numbers
-    victim = out / "results" / "quick" / "001" / "tv.json"
-    old = json.loads(victim.read_text())
-    victim.unlink()
+    # a killed run: one result missing and the last line cut short -> only those are computed
+    # again, to the same numbers
+    lines = table.read_text().splitlines()
+    key = lambda r: (r["group"], r["case"], r["label"])  # noqa: E731
+    victim = next(json.loads(x) for x in lines if json.loads(x)["case"] == "001"
+                  and json.loads(x)["label"] == "TV")
+    cut = json.loads(lines[-1])
+    kept = [x for x in lines[:-1] if key(json.loads(x)) != key(victim)]
+    table.write_text("\n".join(kept) + "\n" + lines[-1][: len(lines[-1]) // 2])
     res = run_suite(build_suite("quick"), out, resume=True, progress=False)
-    assert res["computed"] == 1
-    new = json.loads(victim.read_text())
-    for k in KEYS:
-        assert new["metrics"][k] == pytest.approx(old["metrics"][k], rel=1e-6)
+    assert res["computed"] == 2
+    recs = {key(r): r for r in load_results(out)}
+    assert len(recs) == n_done
+    for old in (victim, cut):
+        new = recs[key(old)]
+        for k in KEYS:
+            assert new["metrics"][k] == pytest.approx(old["metrics"][k], rel=1e-6)
 
 
 def test_existing_report_needs_resume_or_force(quick, capsys):
@@ -175,7 +185,7 @@ def test_real_data_side_by_side(small_phantom, tmp_path, capsys):
     rc = main(["evaluate", "--real", str(run), "--methods", "tkd", "tv", "-o", str(out),
                "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    recs = [json.loads(q.read_text()) for q in (out / "results").glob("*/*/*.json")]
+    recs = load_results(out)
     assert sorted(r["label"] for r in recs) == ["TKD", "TV"]
     assert all("metrics" not in r and r["time_s"] >= 0 for r in recs)
     md = (out / "report.md").read_text()
@@ -214,9 +224,10 @@ def test_bad_input_gives_clear_errors(small_phantom, tmp_path, capsys):
         assert not Path(out).exists()
     with pytest.raises(SystemExit):
         main(["evaluate", "--suite", "everything", "-o", out])
-    with pytest.raises(ValueError, match="--suite must be one of"):
+    # the library names its arguments; the command line above speaks in flags
+    with pytest.raises(ValueError, match="^suite must be one of"):
         build_suite("everything")
-    with pytest.raises(FileNotFoundError, match="--mask: no such file"):
+    with pytest.raises(FileNotFoundError, match="^mask_path: no such file"):
         user_suite(p["field"], tmp_path / "m.nii.gz")
     with pytest.raises(FileNotFoundError, match="output folder .* does not exist"):
         run_suite(build_suite("quick", methods=["tkd"]), tmp_path / "a" / "b", progress=False)
@@ -226,7 +237,7 @@ def test_a_failing_method_is_reported_not_fatal(tmp_path, monkeypatch):
     """A network that fails is 'not available (reason)', a failing classical method is listed as
     failed; neither ends the run."""
     import metaqsm.dl.registry as registry
-    import metaqsm.inversion as inv
+    from metaqsm.methods import Method
 
     def broken(field, mask, **kwargs):
         raise RuntimeError("no model shipped yet")
@@ -234,10 +245,10 @@ def test_a_failing_method_is_reported_not_fatal(tmp_path, monkeypatch):
     def bad_tv(field, mask, **kwargs):
         raise ValueError("diverged")
 
-    real_get = inv.get_method
+    real_function = Method.function
     monkeypatch.setattr(registry, "shipped_path", lambda name: f"/models/{name}.safetensors")
-    monkeypatch.setattr(inv, "get_method", lambda name: {"meta": broken, "tv": bad_tv}.get(
-        name) or real_get(name))
+    monkeypatch.setattr(Method, "function", lambda self: {"meta": broken, "tv": bad_tv}.get(
+        self.name) or real_function(self))
     res = run_suite(build_suite("quick", methods=["tkd", "tv", "meta"], n=1), tmp_path / "r",
                     progress=False)
     assert res["unavailable"] == {"Meta-QSM": "RuntimeError: no model shipped yet"}
@@ -343,6 +354,7 @@ def test_paper_suite_design_with_stand_in_networks(tmp_path, monkeypatch):
     after naive interpolation (stand-in networks record how they are called)."""
     import metaqsm.dl.registry as registry
     import metaqsm.inversion as inv
+    from metaqsm.methods import Method
     from metaqsm.evaluate import suites
 
     vsz = {"paper": (1.0, 1.0, 2.0), "res_0.5x0.5x2": (0.5, 0.5, 2.0),
@@ -359,8 +371,9 @@ def test_paper_suite_design_with_stand_in_networks(tmp_path, monkeypatch):
             return real_get("tkd")(field, mask, voxel_size=voxel_size, b0_dir=b0_dir)
         return net
 
-    monkeypatch.setattr(inv, "get_method", lambda name: stand_in(name) if name in ("meta", "mesa")
-                        else real_get(name))
+    real_function = Method.function
+    monkeypatch.setattr(Method, "function", lambda self: stand_in(self.name)
+                        if self.name in ("meta", "mesa") else real_function(self))
     res = run_suite(build_suite("paper", methods=["tkd", "meta", "mesa"], n=1), tmp_path / "p",
                     progress=False)
     assert res["computed"] == 3 + 4 + 4 and not res["unavailable"]  # table 1: tkd meta mesa
@@ -389,13 +402,14 @@ def test_meta_with_data_consistency_is_a_column_of_its_own(tmp_path, monkeypatch
     """``meta+dc``: the Meta-QSM network called with refine=True, in its own column, never a
     target that Meta-QSM must beat."""
     import metaqsm.inversion as inv
+    from metaqsm.methods import Method
     from metaqsm.evaluate import suites
     from metaqsm.evaluate.report import target_checks
 
     spec = suites.default_spec("meta+dc")
     assert (spec.label, spec.method, spec.params) == ("Meta-QSM + DC", "meta", {"refine": True})
     assert suites.check_methods(["tkd", "meta+dc"]) == ("tkd", "meta+dc")
-    with pytest.raises(ValueError, match=r"--methods must be among .*meta\+dc, got 'meta-dc'"):
+    with pytest.raises(ValueError, match=r"^methods must be among .*meta\+dc, got 'meta-dc'"):
         suites.check_methods(["meta-dc"])
     assert "meta+dc" in suites.PAPER_METHODS
     calls = []
@@ -406,7 +420,9 @@ def test_meta_with_data_consistency_is_a_column_of_its_own(tmp_path, monkeypatch
         chi = real_get("tkd")(field, mask, voxel_size=voxel_size, b0_dir=b0_dir)
         return chi * (1.0 if refine else 0.5)
 
-    monkeypatch.setattr(inv, "get_method", lambda name: stand_in if name == "meta" else real_get(name))
+    real_function = Method.function
+    monkeypatch.setattr(Method, "function", lambda self: stand_in if self.name == "meta"
+                        else real_function(self))
     monkeypatch.setattr(suites, "_testset_case", lambda name, i, cache_dir=None: suites._phantom_case(
         i, (32, 32, 16), (1.0, 1.0, 2.0), 0.0, 0.002, 0))
     import metaqsm.dl.registry as registry
@@ -470,7 +486,7 @@ def test_paper_design_with_real_checkpoints(tmp_path, monkeypatch, capsys):
     rc = main(["evaluate", "--suite", "paper", "--methods", "meta", "mesa", "--n", "1",
                "--weights", *(f"{k}={v}" for k, v in ck.items()), "-o", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    recs = [json.loads(q.read_text()) for q in (out / "results").glob("*/*/*.json")]
+    recs = load_results(out)
     assert len(recs) == 1 + 4 + 4  # Table 1: Meta (no Mesa model at 1 x 1 x 2 mm); Tables 2-3
     status = json.loads((out / "status.json").read_text())
     assert "no shipped Mesa-QSM model" in status["unavailable"]["Mesa-QSM"]

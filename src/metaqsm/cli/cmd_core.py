@@ -7,7 +7,6 @@ at the end, atomically (temporary files renamed into place), so a failure leaves
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import sys
@@ -133,13 +132,11 @@ def _check_inputs_exist(pairs):
 
 def _write_outputs(image_path, data, volume, json_path, sidecar, force):
     """Write the image and its sidecar; both appear only once both are complete."""
-    from ..io import atomic_path, save_nifti, write_json
+    from ..io import save_nifti, write_all, write_json
 
-    with contextlib.ExitStack() as stack:
-        tmp_img = stack.enter_context(atomic_path(image_path, force=force))
-        tmp_json = stack.enter_context(atomic_path(json_path, force=force))
-        save_nifti(tmp_img, data, volume.affine, header=volume.header, force=True)
-        write_json(tmp_json, sidecar, force=True)
+    write_all([(image_path, lambda tmp: save_nifti(tmp, data, volume.affine,
+                                                    header=volume.header, force=True)),
+               (json_path, lambda tmp: write_json(tmp, sidecar, force=True))], force=force)
 
 
 def _shape_str(shape):

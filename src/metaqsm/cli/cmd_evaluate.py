@@ -67,9 +67,16 @@ def register(subparsers):
     p.set_defaults(func=handler)
 
 
+# library argument names -> flags, where they differ (the CLI translates error messages)
+_ALIASES = {"field_path": "--field", "mask_path": "--mask",
+            "reference_path": "--reference", "magnitude_path": "--magnitude",
+            "noise_path": "the noise map", "directory": "--real", "figure_cases": "--figure-cases"}
+
+
 def handler(args):
     from ..evaluate import build_suite, find_real_inputs, run_suite, user_suite
 
+    args.flag_aliases = _ALIASES
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     weights = {}
@@ -110,7 +117,7 @@ def handler(args):
                            progress=not args.no_progress, save_volumes=save, device=args.device,
                            methods_asked=args.methods, n=args.n, command=command)
     except KeyboardInterrupt:
-        print(f"metaqsm evaluate: interrupted; finished results are kept in {args.output}/results; "
+        print(f"metaqsm evaluate: interrupted; finished results are kept in {args.output}/results.jsonl; "
               "continue with --resume", file=sys.stderr)
         return 130
     r = result["report"]

@@ -32,16 +32,28 @@ CSV_FIELDS = ("group", "case", "label", "method", "time_s", "rmse", "nrmse_demea
               "xsim", "correlation", "shape", "voxel_size", "b0_dir", "params", "resample_to")
 
 
+RESULTS = "results.jsonl"
+
+
 def load_results(out):
-    """All result records under ``out/results`` as a list of dicts."""
-    out = Path(out)
-    recs = []
-    for p in sorted((out / "results").glob("*/*/*.json")):
+    """The result records of ``out/results.jsonl`` (one JSON object a line) as a list of dicts.
+
+    A line that does not parse (cut short when a run was killed) is skipped; a later record of
+    the same (group, case, label) replaces an earlier one.
+    """
+    path = Path(out) / RESULTS
+    if not path.exists():
+        return []
+    recs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            recs.append(json.loads(p.read_text()))
-        except ValueError:  # a file being written by another process; atomic writes make this rare
+            r = json.loads(line)
+        except ValueError:
             continue
-    return recs
+        if isinstance(r, dict):
+            recs[(r.get("group"), r.get("case"), r.get("label"))] = r
+    return sorted(recs.values(), key=lambda r: (str(r.get("group")), str(r.get("case")),
+                                                slug(r.get("label", ""))))
 
 
 def _fmt(v, key):

@@ -3,15 +3,17 @@
 Layout of the output folder (``report/``)::
 
     suite.json                      what was asked (suite, groups, cases, methods), machine, version
-    results/<group>/<case>/<method>.json   one result: metrics, run time, geometry (atomic write)
+    results.jsonl                   the results, one JSON line per (group, case, method): metrics,
+                                    run time, geometry (appended and synced when each is done)
     slices/<group>/<case>/<method>.npz     orthogonal slices of the figure cases (to redraw figures)
     volumes/<group>/<case>/*.nii.gz        reconstructions, truth, field, mask (quick suite, or
                                            ``save_volumes=True``)
     status.json                     methods that were not available or failed, with the reason
     results.csv, summary.json, report.md, index.html, figures/*.png     (see report.py)
 
-A result file exists only for a finished reconstruction, so a killed run continues with
-``resume=True`` where it stopped: done pairs are skipped, their volumes are never rebuilt.
+A result line exists only for a finished reconstruction (a line cut short by a kill is ignored),
+so a killed run continues with ``resume=True`` where it stopped: done pairs are skipped, their
+volumes are never rebuilt.
 """
 
 from __future__ import annotations
@@ -26,16 +28,31 @@ import numpy as np
 
 from .._version import __version__
 from ..io import atomic_path, save_nifti, write_json
-from .suites import NETWORKS, slug
+from ..methods import inversion
+from .report import RESULTS, load_results
+from .suites import slug
 
 MANIFEST = "suite.json"
 STATUS = "status.json"
-OWN_DIRS = ("results", "slices", "volumes", "figures")
-OWN_FILES = ("results.csv", "summary.json", "report.md", "index.html", STATUS)
+OWN_DIRS = ("slices", "volumes", "figures")
+OWN_FILES = (RESULTS, "results.csv", "summary.json", "report.md", "index.html", STATUS)
 
 
-def result_path(out, group, case, spec):
-    return Path(out) / "results" / group.name / case.id / f"{slug(spec.label)}.json"
+def append_result(out, record):
+    """Append one result to ``out/results.jsonl`` and sync it to disk (a kill loses at most the
+    line being written, which :func:`~metaqsm.evaluate.report.load_results` then ignores)."""
+    import os
+
+    line = json.dumps(record, sort_keys=True, default=float) + "\n"
+    with open(Path(out) / RESULTS, "a", encoding="utf-8") as fh:
+        if fh.tell() > 0:  # a line cut short by a kill must not swallow the next one
+            with open(Path(out) / RESULTS, "rb") as check:
+                check.seek(-1, os.SEEK_END)
+                if check.read(1) != b"\n":
+                    fh.write("\n")
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def slices_path(out, group, case, key):
@@ -145,21 +162,19 @@ def prepare_output(out, suite, *, force=False, resume=False):
 
 def _call(spec, sample, device):
     """Run one method on one sample; returns (chi, seconds)."""
-    from ..inversion import get_method
-
-    func = get_method(spec.method)
+    method = inversion(spec.method)
+    func = method.function()
     kwargs = dict(spec.params)
-    if spec.method in NETWORKS:
+    if method.is_network:
         kwargs.setdefault("device", device)
         if isinstance(kwargs.get("weights"), str):
             from ..dl.registry import SHIPPED, shipped_path
 
             if kwargs["weights"] in SHIPPED:  # a shipped model's name -> its file
                 kwargs["weights"] = str(shipped_path(kwargs["weights"]))
-    if spec.method == "medi" and "magnitude" in sample:
-        kwargs.setdefault("magnitude", sample["magnitude"])
-    if spec.method == "medi" and "noise" in sample:
-        kwargs.setdefault("noise_std", sample["noise"])
+    for key, value in method.inputs_from({"magnitude": sample.get("magnitude"),
+                                          "noise_std": sample.get("noise")}).items():
+        kwargs.setdefault(key, value)
     field, mask = sample["field"], sample["mask"]
     vsz, b0 = np.asarray(sample["voxel_size"], float), np.asarray(sample["b0_dir"], float)
     t0 = time.perf_counter()
@@ -178,10 +193,9 @@ def _call(spec, sample, device):
 def probe(spec):
     """Raise the reason a network spec cannot run (its registered function or shipped model is
     missing) before any volume is built; classical methods only need to import."""
-    from ..inversion import get_method
-
-    get_method(spec.method)
-    if spec.method in NETWORKS:
+    method = inversion(spec.method)
+    method.function()
+    if method.is_network:
         from ..dl.registry import SHIPPED, shipped_path
 
         weights = spec.params.get("weights")
@@ -282,8 +296,10 @@ def run_suite(suite, out, *, force=False, resume=False, progress=True, save_volu
     pairs = [(g, c, s) for g in suite.groups for c in g.cases for s in g.specs]
     figure_ids = {(g.name, c.id) for g in suite.groups for c in g.cases[:g.figure_cases]}
 
+    finished = {(r.get("group"), r.get("case"), r.get("label")) for r in load_results(out)}
+
     def done(g, c, s):
-        if not result_path(out, g, c, s).exists():
+        if (g.name, c.id, s.label) not in finished:
             return False
         if (g.name, c.id) in figure_ids and not slices_path(out, g, c, s.label).exists():
             return False
@@ -327,7 +343,7 @@ def run_suite(suite, out, *, force=False, resume=False, progress=True, save_volu
                             chi, seconds = _call(s, sample, device)
                     except Exception as exc:  # a method must not end a run of hours; reported
                         reason = f"{type(exc).__name__}: {exc}".strip()
-                        if s.method in NETWORKS or isinstance(exc, ImportError):
+                        if inversion(s.method).is_network or isinstance(exc, ImportError):
                             status["unavailable"][s.label] = reason
                         else:
                             status["failed"].setdefault(s.label, []).append(f"{c.id}: {reason}")
@@ -353,9 +369,7 @@ def run_suite(suite, out, *, force=False, resume=False, progress=True, save_volu
                         record["volume"] = str(p.relative_to(out))
                     if is_figure:
                         _save_npz(slices_path(out, g, c, s.label), **slicer(chi))
-                    p = result_path(out, g, c, s)
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    write_json(p, record, force=True)
+                    append_result(out, record)
                     computed += 1
                     bar.update(1)
                 del sample

@@ -36,18 +36,6 @@ import numpy as np
 
 from .._validate import as_b0_dir, as_int, as_voxel_size
 
-# Display names of the registered methods (table columns, figure labels).
-DISPLAY = {
-    "tkd": "TKD",
-    "tsvd": "TSVD",
-    "tikhonov": "Tikhonov",
-    "ilsqr": "iLSQR",
-    "medi": "MEDI",
-    "tv": "TV",
-    "meta": "Meta-QSM",
-    "mesa": "Mesa-QSM",
-}
-NETWORKS = ("meta", "mesa")
 # Evaluation-only variants of a registered method: name -> (method, parameters, display name).
 # "meta+dc": Meta-QSM followed by its data-consistency refinement (metaqsm.dl.infer).
 VARIANTS = {
@@ -113,7 +101,7 @@ class MethodSpec:
     label : str
         Column name (also the file name stem of its results, after :func:`slug`).
     method : str
-        Name in :data:`metaqsm.inversion.METHODS`.
+        Name in :data:`metaqsm.methods.INVERSIONS`.
     params : dict
         Keyword arguments of the method.
     resample_to : 3 floats or None
@@ -193,21 +181,22 @@ def slug(text):
 
 def default_spec(name, params=None):
     """The spec of a registered method with the paper's parameters (or ``params``)."""
-    from ..inversion import METHODS
+    from ..methods import INVERSIONS
 
     if name in VARIANTS:
         method, extra, label = VARIANTS[name]
         p = {**PAPER_PARAMS.get(method, {}), **extra} if params is None else dict(params)
         return MethodSpec(label=label, method=method, params=p)
-    if name not in METHODS:
-        raise ValueError(f"--methods must be among {', '.join((*METHODS, *VARIANTS))}, got {name!r}")
+    if name not in INVERSIONS:
+        raise ValueError(f"methods must be among {', '.join((*INVERSIONS, *VARIANTS))}, "
+                         f"got {name!r}")
     p = dict(PAPER_PARAMS.get(name, {})) if params is None else dict(params)
-    return MethodSpec(label=DISPLAY.get(name, name), method=name, params=p)
+    return MethodSpec(label=INVERSIONS[name].display, method=name, params=p)
 
 
 def check_methods(methods):
     """Validate method names; returns a tuple (``ValueError`` names the unknown one)."""
-    from ..inversion import METHODS
+    from ..methods import INVERSIONS
 
     if methods is None:
         return None
@@ -215,12 +204,13 @@ def check_methods(methods):
         methods = [methods]
     out = []
     for m in methods:
-        if m not in METHODS and m not in VARIANTS:
-            raise ValueError(f"--methods must be among {', '.join((*METHODS, *VARIANTS))}, got {m!r}")
+        if m not in INVERSIONS and m not in VARIANTS:
+            raise ValueError(f"methods must be among {', '.join((*INVERSIONS, *VARIANTS))}, "
+                             f"got {m!r}")
         if m not in out:
             out.append(m)
     if not out:
-        raise ValueError("--methods must name at least one method")
+        raise ValueError("methods must name at least one method")
     return tuple(out)
 
 
@@ -369,7 +359,7 @@ def default_fansi_dir():
 def _limit(n, total):
     if n is None:
         return total
-    return min(as_int(n, "--n", minimum=1), total)
+    return min(as_int(n, "n", minimum=1), total)
 
 
 def _free_specs(methods, default):
@@ -556,9 +546,9 @@ def check_weights(weights):
     out = {}
     for key, path in dict(weights).items():
         if key not in WEIGHT_NAMES:
-            raise ValueError(f"--weights names must be among {', '.join(WEIGHT_NAMES)}, got {key!r}")
+            raise ValueError(f"weights names must be among {', '.join(WEIGHT_NAMES)}, got {key!r}")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--weights {key}: no such file: {path}")
+            raise FileNotFoundError(f"weights {key}: no such file: {path}")
         out[key] = str(path)
     return out
 
@@ -625,7 +615,7 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, fig
     methods = check_methods(methods)
     weights = check_weights(weights)
     if n is not None:
-        as_int(n, "--n", minimum=1)
+        as_int(n, "n", minimum=1)
     if name == "quick":
         suite = _quick_suite(methods, n)
     elif name == "paper":
@@ -637,16 +627,16 @@ def build_suite(name, *, methods=None, n=None, fansi_dir=None, weights=None, fig
     elif name == "fansi":
         suite = _fansi_suite(methods, n, fansi_dir)
     else:
-        raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {name!r}")
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {name!r}")
     if groups is not None:
         names = [g.name for g in suite.groups]
         wanted = [groups] if isinstance(groups, str) else list(groups)
         unknown = [x for x in wanted if x not in names]
         if unknown or not wanted:
-            raise ValueError(f"--groups of suite {name!r} must be among {', '.join(names)}, "
+            raise ValueError(f"groups of suite {name!r} must be among {', '.join(names)}, "
                              f"got {' '.join(map(str, unknown)) or 'none'}")
         suite.groups = [g for g in suite.groups if g.name in wanted]
-    figure_cases = as_int(figure_cases, "--figure-cases", minimum=0)
+    figure_cases = as_int(figure_cases, "figure_cases", minimum=0)
     for g in suite.groups:
         g.figure_cases = figure_cases
     return apply_weights(suite, weights)
@@ -662,36 +652,36 @@ def user_suite(field_path, mask_path, *, reference_path=None, magnitude_path=Non
 
     methods = check_methods(methods) or USER_METHODS
     weights = check_weights(weights)
-    paths = {"--field": field_path, "--mask": mask_path, "--reference": reference_path,
-             "--magnitude": magnitude_path, "noise map": noise_path}
+    paths = {"field_path": field_path, "mask_path": mask_path, "reference_path": reference_path,
+             "magnitude_path": magnitude_path, "noise_path": noise_path}
     for flag, p in paths.items():
         if p is not None and not Path(p).exists():
             raise FileNotFoundError(f"{flag}: no such file: {p}")
 
     def load():
-        f = load_nifti(field_path, name="--field", ndim=3)
-        m = load_nifti(mask_path, name="--mask", ndim=3)
+        f = load_nifti(field_path, name="field_path", ndim=3)
+        m = load_nifti(mask_path, name="mask_path", ndim=3)
         if m.data.shape != f.data.shape:
-            raise ValueError(f"--mask must have the shape of --field {f.data.shape}, got {m.data.shape}")
+            raise ValueError(f"mask_path must have the shape of field_path {f.data.shape}, got {m.data.shape}")
         out = {"field": f.data, "mask": m.data > 0, "affine": f.affine,
                "voxel_size": (f.voxel_size if voxel_size is None
-                              else as_voxel_size(voxel_size, "--voxel-size")),
-               "b0_dir": f.b0_dir if b0_dir is None else as_b0_dir(b0_dir, "--b0-dir")}
+                              else as_voxel_size(voxel_size)),
+               "b0_dir": f.b0_dir if b0_dir is None else as_b0_dir(b0_dir)}
         if reference_path is not None:
-            r = load_nifti(reference_path, name="--reference", ndim=3)
+            r = load_nifti(reference_path, name="reference_path", ndim=3)
             if r.data.shape != f.data.shape:
-                raise ValueError(f"--reference must have the shape of --field {f.data.shape}, "
+                raise ValueError(f"reference_path must have the shape of field_path {f.data.shape}, "
                                  f"got {r.data.shape}")
             out["chi"] = r.data
         if magnitude_path is not None:
-            mag = load_nifti(magnitude_path, name="--magnitude", ndim=(3, 4))
+            mag = load_nifti(magnitude_path, name="magnitude_path", ndim=(3, 4))
             data = mag.data if mag.data.ndim == 3 else np.sqrt(np.sum(mag.data ** 2, axis=-1))
             if data.shape != f.data.shape:
-                raise ValueError(f"--magnitude must have the shape of --field {f.data.shape}, "
+                raise ValueError(f"magnitude_path must have the shape of field_path {f.data.shape}, "
                                  f"got {data.shape}")
             out["magnitude"] = data.astype(np.float32)
         if noise_path is not None:
-            noise = load_nifti(noise_path, name="noise map", ndim=3)
+            noise = load_nifti(noise_path, name="noise_path", ndim=3)
             if noise.data.shape == f.data.shape:
                 out["noise"] = noise.data
         return out
@@ -739,7 +729,7 @@ def find_real_inputs(directory):
     """
     d = Path(directory)
     if not d.is_dir():
-        raise FileNotFoundError(f"--real: no such folder: {d}")
+        raise FileNotFoundError(f"directory: no such folder: {d}")
     nii = sorted(p for p in d.iterdir() if p.name.endswith((".nii", ".nii.gz"))
                  and "desc-truth" not in p.name)
     stem = [(p, p.name.split(".nii")[0]) for p in nii]
@@ -750,8 +740,8 @@ def find_real_inputs(directory):
     for what, found in (("local field (*_localfield.nii.gz)", fields),
                         ("mask (*_desc-eroded_mask.nii.gz or *_mask.nii.gz)", masks)):
         if not found:
-            raise FileNotFoundError(f"--real: no {what} in {d}; give --field and --mask instead")
+            raise FileNotFoundError(f"directory: no {what} in {d}; give the field and mask files instead")
         if len(found) > 1:
-            raise ValueError(f"--real: several candidates for the {what} in {d}: "
+            raise ValueError(f"directory: several candidates for the {what} in {d}: "
                              f"{', '.join(p.name for p in found)}; give --field and --mask instead")
     return fields[0], masks[0], (noise[0] if len(noise) == 1 else None)
