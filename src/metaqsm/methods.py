@@ -100,6 +100,9 @@ class Method:
         Which of :data:`INPUTS` the function takes; callers that have them pass them.
     options : tuple of Option
         Its keyword options (besides the geometry and the inputs).
+    shipped : tuple of str
+        Networks: the names of the models shipped for it in ``metaqsm/models/`` (file
+        ``NAME.safetensors`` with its card ``NAME.json``), first the default.
     """
 
     name: str
@@ -109,6 +112,7 @@ class Method:
     summary: str
     inputs: tuple = ()
     options: tuple = field(default_factory=tuple)
+    shipped: tuple = ()
 
     @property
     def is_network(self):
@@ -292,10 +296,11 @@ INVERSIONS = {m.name: m for m in (
                     _pad())),
     Method("meta", "dl.infer:invert_meta", "network", "Meta-QSM",
            "3D U-Net with weights predicted from the voxel size and B0 direction (Meta-QSM)",
-           inputs=("weights",), options=_NETWORK_OPTIONS),
+           inputs=("weights",), options=_NETWORK_OPTIONS, shipped=("meta",)),
     Method("mesa", "dl.infer:invert_mesa", "network", "Mesa-QSM",
            "the same U-Net with plain convolutions, one model per resolution",
-           inputs=("weights",), options=_NETWORK_OPTIONS),
+           inputs=("weights",), options=_NETWORK_OPTIONS,
+           shipped=("mesa-0.5x0.5x2", "mesa-0.7639x0.7639x3")),
 )}
 
 BGREMOVALS = {m.name: m for m in (

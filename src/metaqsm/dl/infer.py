@@ -315,16 +315,15 @@ def invert_meta(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), weights=None
 
 
 def _shipped_mesa_for(voxel_size, rtol=0.02):
-    from .registry import SHIPPED
+    from ..methods import inversion
 
     vsz = as_voxel_size(voxel_size)
     known = {}
-    for name in SHIPPED:
-        if name.startswith("mesa-"):
-            res = np.array([float(v) for v in name[5:].split("x")])
-            known[name] = res
-            if np.allclose(vsz, res, rtol=rtol):
-                return name
+    for name in inversion("mesa").shipped:  # named mesa-<voxel size in mm>
+        res = np.array([float(v) for v in name[5:].split("x")])
+        known[name] = res
+        if np.allclose(vsz, res, rtol=rtol):
+            return name
     listed = ", ".join(f"{n} ({' x '.join(f'{v:g}' for v in r)} mm)" for n, r in known.items())
     raise ValueError(f"no shipped Mesa-QSM model for voxel size {tuple(float(v) for v in vsz)} mm; "
                      f"shipped: {listed}. Pass weights=... or use method 'meta'")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .._version import __version__
+from ..methods import INVERSIONS
 
 __all__ = [
     "MODELS",
@@ -36,12 +37,8 @@ MODELS: dict = {}
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
-# shipped model name -> file in MODELS_DIR
-SHIPPED = {
-    "meta": "meta.safetensors",
-    "mesa-0.5x0.5x2": "mesa-0.5x0.5x2.safetensors",
-    "mesa-0.7639x0.7639x3": "mesa-0.7639x0.7639x3.safetensors",
-}
+# shipped model name -> file in MODELS_DIR: the models the method table lists for its networks
+SHIPPED = {name: f"{name}.safetensors" for m in INVERSIONS.values() for name in m.shipped}
 
 _FORMAT = "metaqsm-checkpoint-1"
 
