@@ -152,7 +152,7 @@ def test_train_writes_run_and_resume_reproduces_the_losses(data, tmp_path):
 def test_whole_volume_validation_logs_and_selects_the_best(data, tmp_path):
     from metaqsm.dl.infer import reconstruct
     from metaqsm.dl.registry import read_checkpoint_info
-    from metaqsm.dl.train import _volume_set
+    from metaqsm.dl.train.validation import volume_set
     from metaqsm.metrics import compute_metrics
 
     ds, val = data
@@ -166,13 +166,13 @@ def test_whole_volume_validation_logs_and_selects_the_best(data, tmp_path):
     info = read_checkpoint_info(tmp_path / "v" / "best.safetensors")
     assert info["extra"]["vol_rmse"] == pytest.approx(min(vol), rel=1e-6)
     # the logged score is the whole-volume reconstruction of the kept weights
-    (v,) = _volume_set(cfg)
+    (v,) = volume_set(cfg)
     assert v["field"].shape == (32, 32, 16)
     chi = reconstruct(load_model(tmp_path / "v" / "best.safetensors", cache=False), v["field"],
                       v["mask"], voxel_size=v["voxel_size"], b0_dir=v["b0_dir"])
     assert compute_metrics(chi, v["chi"], v["mask"])["rmse"] == pytest.approx(min(vol), rel=1e-3)
     # deterministic, and not one of the validation patches of the same seed
-    (again,) = _volume_set(cfg)
+    (again,) = volume_set(cfg)
     assert np.array_equal(again["chi"], v["chi"])
     # resuming keeps the best score of the criterion
     part = train(cfg, out=tmp_path / "w", train_data=ds, val_data=val, stop_after=4)
@@ -182,12 +182,12 @@ def test_whole_volume_validation_logs_and_selects_the_best(data, tmp_path):
 
 
 def test_weight_average_known_values_and_exact_resume(data, tmp_path):
-    from metaqsm.dl.train import _EMA
+    from metaqsm.dl.train.loop import EMA
 
     lin = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         lin.weight.fill_(0.0)
-    ema = _EMA(lin, 0.5)
+    ema = EMA(lin, 0.5)
     with torch.no_grad():
         lin.weight.fill_(1.0)
     ema.update(lin)  # warm-up decay min(0.5, 2/11) = 2/11: 0 + (1 - 2/11) * (1 - 0)
@@ -248,12 +248,12 @@ def test_fine_tuning_starts_from_a_checkpoint(data, tmp_path):
 
 
 def test_log_of_an_earlier_version_is_upgraded(tmp_path):
-    from metaqsm.dl.train import LOG_FIELDS, _append_log
+    from metaqsm.dl.train.log import LOG_FIELDS, append_log
 
     log = tmp_path / "log.csv"
     log.write_text("step,train_loss,val_loss,val_rmse,val_hfen,val_ssim,lr,seconds\n"
                    "5,0.3,0.2,50,40,0.9,0.0001,8.6\n")
-    _append_log(log, {"step": 10, "train_loss": "0.25", "vol_rmse": "45"})
+    append_log(log, {"step": 10, "train_loss": "0.25", "vol_rmse": "45"})
     rows = read_log(log)
     assert tuple(rows[0]) == LOG_FIELDS
     assert rows[0]["val_rmse"] == "50" and rows[0]["vol_rmse"] == ""
@@ -305,9 +305,9 @@ def test_shipped_configs_load(name):
     cfg = load_config(path)
     assert cfg["optim"]["weight_reg"] == 0.01 and cfg["optim"]["decay_steps"] == 200
     from metaqsm.simulate.synth import SynthConfig
-    from metaqsm.dl.train import _synth_config
+    from metaqsm.dl.train.config import synth_config
 
-    assert isinstance(_synth_config(cfg), SynthConfig)
+    assert isinstance(synth_config(cfg), SynthConfig)
     if cfg["run"]["init_weights"]:  # stage 2 starts from committed stage-1 weights, not a download
         from metaqsm.dl.registry import read_checkpoint_info
 

@@ -64,11 +64,11 @@ def main(argv=None):
         # what the data really are: the manifest `metaqsm synth` wrote beside the HDF5 file
         manifest = read_manifest(cfg["data"]["path"])
     else:  # generated on the fly (stage 2): the stream's own configuration
-        from metaqsm.dl.train import _synth_config
+        from metaqsm.dl.train.config import synth_config
 
         manifest = {"counts": "stream (a new scene per step, mirror variants)",
                     "seed": cfg["data"]["seed"], "patch_shape": cfg["data"]["patch_shape"],
-                    "config": _synth_config(cfg).to_dict()}
+                    "config": synth_config(cfg).to_dict()}
     synth = manifest["config"]
     rows = (run / "log.csv").read_text().strip().splitlines()
     last_step = int(rows[-1].split(",")[0])
