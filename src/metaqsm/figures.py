@@ -18,18 +18,26 @@ import numpy as np
 from ._validate import as_mask, as_volume, as_voxel_size
 from .io import atomic_path
 
-__all__ = ["plot_orthogonal", "save_orthogonal", "to_ras"]
+__all__ = ["plot_orthogonal", "save_orthogonal", "to_ras", "ras_orientation"]
+
+
+def ras_orientation(affine):
+    """The nibabel orientation (axis, flip per input axis) that reorders voxels to the closest
+    RAS+ order: the one reorientation every picture of the package uses."""
+    import nibabel.orientations as nio
+
+    return nio.io_orientation(np.asarray(affine, float))
 
 
 def to_ras(volume, affine):
-    """Reorder a 3D volume to the closest RAS+ voxel order.
+    """Reorder a 3D volume to the closest RAS+ voxel order (no resampling).
 
     Returns ``(data, voxel_size)`` where ``voxel_size`` follows the new axes.
     """
     import nibabel.orientations as nio
 
     A = np.asarray(affine, float)
-    ornt = nio.io_orientation(A)
+    ornt = ras_orientation(A)
     data = nio.apply_orientation(np.asarray(volume), ornt)
     vsz = np.linalg.norm(A[:3, :3], axis=0)
     vsz = vsz[np.argsort(ornt[:, 0])]  # axis i of the output came from input axis with ornt[:,0]==i
@@ -104,7 +112,7 @@ def plot_orthogonal(volume, *, affine=None, voxel_size=None, mask=None, centre=N
     marker[tuple(centre)] = True
     c = np.argwhere(to_ras(marker, affine)[0])[0]
     if voxel_size is not None:
-        vsz = as_voxel_size(voxel_size)[np.argsort(_axis_map(affine))]
+        vsz = as_voxel_size(voxel_size)[np.argsort(ras_orientation(affine)[:, 0])]
 
     # (slice, horizontal extent mm, vertical extent mm, flip horizontal, edge letters)
     radio = convention == "radiological"
@@ -134,12 +142,6 @@ def plot_orthogonal(volume, *, affine=None, voxel_size=None, mask=None, centre=N
     label = f"{title}  " if title else ""
     fig.suptitle(f"{label}({convention} convention)", color="white", fontsize=11)
     return fig
-
-
-def _axis_map(affine):
-    import nibabel.orientations as nio
-
-    return nio.io_orientation(np.asarray(affine, float))[:, 0].astype(int)
 
 
 def save_orthogonal(path, volume, *, force=False, **kwargs):

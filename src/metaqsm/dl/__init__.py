@@ -13,35 +13,13 @@ by the networks or by inference).
 
 from __future__ import annotations
 
-import importlib
+import lazy_loader
 
-_LAZY = {
-    "WPConv3d": "layers",
-    "Geometry": "layers",
-    "geometry_features": "layers",
-    "FEATURE_NAMES": "layers",
-    "MetaQSM": "unet",
-    "MesaQSM": "unet",
-    "count_parameters": "unet",
-    "MODELS": "registry",
-    "register_model": "registry",
-    "build_model": "registry",
-    "save_checkpoint": "registry",
-    "load_checkpoint": "registry",
-    "load_model": "registry",
-    "reconstruct": "infer",
-    "invert_meta": "infer",
-    "invert_mesa": "infer",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+# submodule -> the names it exports; imported on first use (scikit-image's lazy_loader)
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "layers": ["WPConv3d", "Geometry", "geometry_features", "FEATURE_NAMES"],
+    "unet": ["MetaQSM", "MesaQSM", "count_parameters"],
+    "registry": ["MODELS", "register_model", "build_model", "save_checkpoint", "load_checkpoint",
+                 "load_model"],
+    "infer": ["reconstruct", "invert_meta", "invert_mesa"],
+})

@@ -28,14 +28,6 @@ def _plt():
     return plt
 
 
-def _to_ras(vol, affine):
-    """Reorient ``vol`` to the closest RAS+ orientation; returns (array, axis permutation)."""
-    import nibabel.orientations as nio
-
-    ornt = nio.io_orientation(np.asarray(affine, float))
-    return nio.apply_orientation(np.asarray(vol), ornt), ornt
-
-
 def case_slices(sample, index=None):
     """A function that cuts the same three orthogonal slices out of any volume of ``sample``.
 
@@ -54,12 +46,16 @@ def case_slices(sample, index=None):
         bottom to top, for ``origin="lower"``), cropped to the mask's bounding box plus 3 voxels,
         their ``extent_*`` in mm and the ``index``.
     """
+    import nibabel.orientations as nio
     from scipy.ndimage import center_of_mass
+
+    from ..figures import ras_orientation
 
     affine = sample.get("affine")
     vsz = np.asarray(sample["voxel_size"], float)
     if affine is not None:
-        mask, ornt = _to_ras(sample["mask"], affine)
+        ornt = ras_orientation(affine)
+        mask = nio.apply_orientation(np.asarray(sample["mask"]), ornt)
         vsz_ras = np.empty(3)
         vsz_ras[ornt[:, 0].astype(int)] = vsz
     else:
@@ -79,8 +75,6 @@ def case_slices(sample, index=None):
     dx, dy, dz = vsz_ras
 
     def slicer(volume):
-        import nibabel.orientations as nio
-
         v = np.asarray(volume)
         if ornt is not None:
             v = nio.apply_orientation(v, ornt)

@@ -5,24 +5,12 @@ Submodules are imported lazily so that ``import metaqsm.simulate`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
+import lazy_loader
 
-_LAZY = {
-    "brain_phantom": "phantoms",
-    "Phantom": "phantoms",
-    "SynthConfig": "synth",
-    "generate_sample": "synth",
-    "TESTSETS": "testsets",
-    "testset_sample": "testsets",
-    "Acquisition": "acquisition",
-    "simulate_acquisition": "acquisition",
-    "head_model": "acquisition",
-    "reduce_resolution": "acquisition",
-    "shim": "acquisition",
-}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# submodule -> the names it exports; imported on first use (scikit-image's lazy_loader)
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "phantoms": ["brain_phantom", "Phantom"],
+    "synth": ["SynthConfig", "generate_sample"],
+    "testsets": ["TESTSETS", "testset_sample"],
+    "acquisition": ["Acquisition", "simulate_acquisition", "head_model", "reduce_resolution", "shim"],
+})
