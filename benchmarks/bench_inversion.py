@@ -51,13 +51,13 @@ def fft_pair_seconds(shape, repeats=5):
 def worker(method, data_path):
     """Run one method on the saved case; print a JSON line with time, memory and grid."""
     from metaqsm.inversion import get_method
-    from metaqsm.inversion import _common
+    from metaqsm.kernels import padded_shape
 
     d = np.load(data_path)
     field, mask, vsz = d["field"], d["mask"], tuple(d["voxel_size"])
     func = get_method(method)
     pad = inspect.signature(func).parameters["pad"].default  # the grid the method works on
-    grid = _common.padded(field.shape, pad)
+    grid = padded_shape(field.shape, pad)
     pair = fft_pair_seconds(grid)  # the reference, in this process, just before the method
     seconds = np.inf
     for _ in range(7):  # fast methods: best of 7 runs interleaved with FFT pairs; slow: 1 run

@@ -118,7 +118,7 @@ def test_smv_kernel_and_laplacian():
 def test_gradient_divergence_adjoint():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((10, 12, 8)).astype(np.float32)
-    g = rng.standard_normal((10, 12, 8, 3)).astype(np.float32)
+    g = rng.standard_normal((3, 10, 12, 8)).astype(np.float32)
     vsz = (0.5, 1.0, 2.0)
     lhs = np.sum(kernels.gradient(x, voxel_size=vsz) * g, dtype=np.float64)
     rhs = -np.sum(x * kernels.divergence(g, voxel_size=vsz), dtype=np.float64)
@@ -155,3 +155,182 @@ def test_forward_field_bad_volume():
     bad[1, 1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         kernels.forward_field(bad, voxel_size=1)
+
+
+# ----------------------------------------------- the numerical toolbox (_fft, _fd, _linalg)
+
+def test_fft_convolve_equals_direct_circular_convolution():
+    """A 3 x 3 x 3 kernel applied by its rfft spectrum equals scipy.ndimage's wrap-around
+    convolution (the kernel centred at voxel 0 of the periodic grid)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 10, 7)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 3)).astype(np.float32)
+    on_grid = np.zeros(x.shape, np.float32)
+    on_grid[:3, :3, :3] = k
+    on_grid = np.roll(on_grid, (-1, -1, -1), axis=(0, 1, 2))  # centre of k at the origin
+    y = kernels.fft_convolve(x, sfft.rfftn(on_grid))
+    assert y.dtype == np.float32 and y.shape == x.shape
+    np.testing.assert_allclose(y, ndimage.convolve(x, k, mode="wrap"), atol=1e-5)
+
+
+def test_fft_convolve_with_padding_is_linear_convolution():
+    """On a padded grid (``shape=``) the circular convolution equals the linear one, and the
+    padded input never changes the caller's array."""
+    from scipy import signal
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 6, 5))
+    k = rng.standard_normal((3, 4, 2))
+    shape = kernels.padded_shape(x.shape, np.subtract(k.shape, 1))
+    assert all(s >= n + m - 1 for s, n, m in zip(shape, x.shape, k.shape))
+    before = x.copy()
+    y = kernels.fft_convolve(x, sfft.rfftn(k, s=shape), shape=shape)
+    full = signal.convolve(x, k, mode="full", method="direct")
+    np.testing.assert_allclose(kernels.crop_volume(y, full.shape), full, atol=1e-10)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_rfft_pads_and_irfft_inverts():
+    from metaqsm._fft import irfft, rfft
+
+    x = np.random.default_rng(5).standard_normal((6, 5, 4)).astype(np.float32)
+    X = rfft(x, (8, 8, 6))
+    assert X.shape == (8, 8, 4) and X.dtype == np.complex64
+    y = irfft(X, (8, 8, 6))
+    np.testing.assert_allclose(kernels.crop_volume(y, x.shape), x, atol=1e-6)
+    np.testing.assert_allclose(y[6:], 0.0, atol=1e-6)
+
+
+def test_padded_shape_is_fast_and_pad_crop_round_trip():
+    assert kernels.padded_shape((10, 11, 7), (3, 0, 2)) == (
+        sfft.next_fast_len(13, real=True), 11, sfft.next_fast_len(9, real=True))
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    p = kernels.pad_volume(x, (4, 4, 5))
+    assert p.sum() == x.sum()
+    np.testing.assert_array_equal(kernels.crop_volume(p, x.shape), x)
+    with pytest.raises(ValueError, match="pad must be non-negative"):
+        kernels.padded_shape((8, 8, 8), -1)
+    with pytest.raises(ValueError, match="shape must be 3"):
+        kernels.padded_shape((8, 8), 0)
+
+
+@pytest.mark.parametrize("shape", [(7, 6, 5), (1, 2, 3), (2, 1, 4)])
+def test_finite_differences_match_np_roll(shape):
+    """Periodic forward gradient, backward divergence and 7-point Laplacian against the
+    np.roll definitions, on ordinary and degenerate (1 or 2 voxel) axes."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal((3,) + shape).astype(np.float32)
+    vsz = (0.7, 1.0, 1.5)
+    grad = np.stack([(np.roll(x, -1, i) - x) / np.float32(vsz[i]) for i in range(3)])
+    div = sum((g[i] - np.roll(g[i], 1, i)) / np.float32(vsz[i]) for i in range(3))
+    lap = sum((np.roll(x, 1, i) + np.roll(x, -1, i) - 2 * x) / np.float32(vsz[i] ** 2)
+              for i in range(3))
+    np.testing.assert_allclose(kernels.gradient(x, voxel_size=vsz), grad, atol=1e-5)
+    np.testing.assert_allclose(kernels.divergence(g, voxel_size=vsz), div, atol=1e-5)
+    np.testing.assert_array_equal(kernels.laplacian(x, voxel_size=vsz), lap)  # same arithmetic
+
+
+def test_laplacian_is_divergence_of_gradient():
+    from metaqsm._fd import div_weighted_grad
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((12, 10, 8))
+    vsz = (0.5, 1.0, 2.0)
+    lap = kernels.laplacian(x, voxel_size=vsz, out=np.empty(x.shape))
+    dg = kernels.divergence(kernels.gradient(x, voxel_size=vsz, out=np.empty((3,) + x.shape)),
+                            voxel_size=vsz, out=np.empty(x.shape))
+    np.testing.assert_allclose(lap, dg, rtol=1e-12, atol=1e-12)
+    w = np.broadcast_to((1.0 / np.square(vsz)).reshape(3, 1, 1, 1), (3,) + x.shape)
+    np.testing.assert_allclose(div_weighted_grad(x, w, out=np.empty(x.shape)), lap, atol=1e-12)
+    with pytest.raises(ValueError, match="g must have the shape"):
+        kernels.divergence(np.zeros((12, 10, 8, 3)), voxel_size=vsz)
+
+
+@pytest.mark.parametrize("boundary", ["neumann", "dirichlet"])
+def test_poisson_solver_inverts_the_laplacian(boundary):
+    """``solve(f)`` satisfies lap(u) = f with the boundary condition: zero flux (the Laplacian
+    with the pairs across the faces weighted 0; f of zero mean) or zero values just outside."""
+    from metaqsm._fd import div_weighted_grad, poisson_solver
+
+    rng = np.random.default_rng(8)
+    shape, vsz = (9, 8, 6), (1.0, 0.8, 1.5)
+    f = rng.standard_normal(shape)
+    solve = poisson_solver(shape, voxel_size=vsz, boundary=boundary)
+    if boundary == "neumann":
+        f -= f.mean()
+        u = solve(f)
+        w = np.empty((3,) + shape)
+        for i in range(3):
+            w[i] = 1.0 / vsz[i] ** 2
+            w[(i,) + (slice(None),) * i + (-1,)] = 0.0  # no pair across the faces
+        lap = div_weighted_grad(u, w, out=np.empty(shape))
+        assert abs(u.mean()) < 1e-12
+    else:
+        u = solve(f)
+        big = np.pad(u, 1)  # the zero values just outside the box
+        lap = kernels.laplacian(big, voxel_size=vsz, out=np.empty(big.shape))[1:-1, 1:-1, 1:-1]
+    np.testing.assert_allclose(lap, f, atol=1e-10)
+    with pytest.raises(ValueError, match="boundary must be one of"):
+        poisson_solver(shape, voxel_size=vsz, boundary="periodic")
+
+
+def _spd(n, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n))
+    return a @ a.T + n * np.eye(n), rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-10)])
+def test_cg_matches_numpy_solve(dtype, tol):
+    """CG on an SPD system (a 4 x 4 x 4 'volume'): the residual bound holds, and the error is
+    within the condition number times it."""
+    from metaqsm._linalg import cg
+
+    spd, rhs = _spd(64, 0)
+    b = rhs.reshape(4, 4, 4).astype(dtype)
+
+    def A(v):
+        return (spd @ v.ravel()).reshape(v.shape).astype(dtype)
+
+    x, info = cg(A, b, tol=tol, max_iter=200)
+    assert x.dtype == dtype and x.shape == b.shape
+    assert info.converged and 0 < info.iterations <= 64 and info.residual <= tol
+    exact = np.linalg.solve(spd, rhs)
+    err = np.linalg.norm(x.ravel() - exact) / np.linalg.norm(exact)
+    assert err <= 10 * np.linalg.cond(spd) * tol
+    true_res = np.linalg.norm(rhs - spd @ x.ravel().astype(np.float64)) / np.linalg.norm(rhs)
+    assert true_res <= 10 * tol
+
+
+def test_cg_preconditioner_initial_guess_and_limits():
+    from metaqsm._linalg import cg
+
+    spd, rhs = _spd(50, 1)
+    spd = spd * np.logspace(0, 3, 50)[:, None] * np.logspace(0, 3, 50)[None, :]  # badly scaled
+
+    def A(v):
+        return spd @ v
+
+    exact = np.linalg.solve(spd, rhs)
+    plain, info_plain = cg(A, rhs, tol=1e-8, max_iter=500)
+    jacobi, info_jacobi = cg(A, rhs, M=lambda r: r / np.diag(spd), tol=1e-8, max_iter=500)
+    assert info_jacobi.converged and info_jacobi.iterations < info_plain.iterations
+    np.testing.assert_allclose(plain, exact, rtol=1e-5)
+    np.testing.assert_allclose(jacobi, exact, rtol=1e-5)
+    # an exact initial guess needs no iteration; a zero right-hand side gives zero
+    x, info = cg(A, rhs, exact, tol=1e-6)
+    assert info.iterations == 0 and info.converged
+    x, info = cg(A, np.zeros(50))
+    assert info.iterations == 0 and info.residual == 0.0 and not x.any()
+    # the iteration limit is respected and reported
+    x, info = cg(A, rhs, tol=1e-12, max_iter=3)
+    assert info.iterations == 3 and not info.converged and info.residual > 1e-12
+    with pytest.raises(ValueError, match="tol"):
+        cg(A, rhs, tol=0)
+    with pytest.raises(ValueError, match="max_iter"):
+        cg(A, rhs, max_iter=0)
+    with pytest.raises(ValueError, match="x0 must have the shape of b"):
+        cg(A, rhs, np.zeros(3))

@@ -2,7 +2,9 @@
 
 Every part of metaqsm that needs the dipole model (simulation, training data, classical
 inversions, the networks' data-consistency step) calls these functions, so they cannot drift
-apart.
+apart. The numerical primitives under them live in private core modules and are re-exported
+here: FFTs, FFT convolution and padding in :mod:`metaqsm._fft`, finite differences in
+:mod:`metaqsm._fd` (gradient stacked on the first axis, periodic boundaries).
 
 Conventions
 -----------
@@ -23,7 +25,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-from ._validate import as_b0_dir, as_volume, as_voxel_size, as_positive
+from ._fd import divergence, gradient, laplacian
+from ._fft import WORKERS, crop_volume, fft_convolve, pad_volume, padded_shape
+from ._fft import rfft as _rfft
+from ._fft import shape3 as _shape3
+from ._validate import as_b0_dir, as_positive, as_volume, as_voxel_size
 
 __all__ = [
     "kspace_coordinates",
@@ -40,16 +46,8 @@ __all__ = [
     "gradient",
     "divergence",
     "DipoleOperator",
+    "WORKERS",
 ]
-
-WORKERS = -1  # all cores for every FFT
-
-
-def _shape3(shape):
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be 3 positive integers, got {shape}")
-    return shape
 
 
 def kspace_coordinates(shape, voxel_size, *, rfft=True):
@@ -153,7 +151,7 @@ def dipole_kernel(shape, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), method="kspace",
         d_img[0, 0, 0] = 0.0
         d_img *= float(np.prod(vsz))
         if rfft:
-            D = sfft.rfftn(d_img, workers=WORKERS).real
+            D = _rfft(d_img).real
         else:
             D = sfft.fftn(d_img, workers=WORKERS).real
         D[0, 0, 0] = 0.0
@@ -203,7 +201,7 @@ def smv_kernel(shape, *, voxel_size, radius, method="voxel", rfft=True, dtype=np
         raise ValueError(f"method must be one of 'voxel', 'analytic', got {method!r}")
     sphere = sphere / sphere.sum()
     if rfft:
-        S = sfft.rfftn(sphere, workers=WORKERS).real
+        S = _rfft(sphere).real
     else:
         S = sfft.fftn(sphere, workers=WORKERS).real
     return S.astype(dtype, copy=False)
@@ -240,48 +238,6 @@ def gradient_kernel_sq(shape, *, voxel_size, rfft=True, dtype=np.float32):
     return -laplacian_kernel(shape, voxel_size=voxel_size, rfft=rfft, dtype=dtype)
 
 
-def padded_shape(shape, pad="auto"):
-    """Shape after zero padding, rounded up to fast FFT lengths.
-
-    ``pad`` is ``"auto"`` (each axis doubled, which suppresses wrap-around of the dipole field),
-    an int, or 3 ints: the number of zero voxels added to each axis.
-    """
-    shape = _shape3(shape)
-    if isinstance(pad, str):
-        if pad != "auto":
-            raise ValueError(f"pad must be 'auto', an int or 3 ints, got {pad!r}")
-        extra = shape
-    else:
-        extra = np.broadcast_to(np.asarray(pad), (3,))
-        if np.any(extra < 0) or not np.all(np.equal(np.mod(extra, 1), 0)):
-            raise ValueError(f"pad must be non-negative integers, got {pad!r}")
-        extra = tuple(int(e) for e in extra)
-    return tuple(sfft.next_fast_len(n + e, real=True) if e > 0 else n for n, e in zip(shape, extra))
-
-
-def pad_volume(x, shape):
-    """Zero-pad ``x`` at the end of each axis to ``shape`` (the circular convolution then equals
-    the linear one for sources within the original box)."""
-    if tuple(x.shape) == tuple(shape):
-        return x
-    out = np.zeros(shape, dtype=x.dtype)
-    out[tuple(slice(0, n) for n in x.shape)] = x
-    return out
-
-
-def crop_volume(x, shape):
-    """Inverse of :func:`pad_volume`."""
-    return x[tuple(slice(0, n) for n in shape)]
-
-
-def fft_convolve(x, kernel_rfft):
-    """Circular convolution of a real volume with a real, symmetric kernel given by its rfft
-    spectrum (same grid)."""
-    X = sfft.rfftn(x, workers=WORKERS)
-    X *= kernel_rfft
-    return sfft.irfftn(X, s=x.shape, workers=WORKERS)
-
-
 class DipoleOperator:
     """The dipole convolution on a fixed (optionally padded) grid, with its kernel built once.
 
@@ -308,8 +264,7 @@ class DipoleOperator:
                                     b0_dir=self.b0_dir, method=method)
 
     def __call__(self, chi):
-        x = pad_volume(np.asarray(chi, dtype=np.float32), self.padded_shape)
-        y = fft_convolve(x, self.kernel)
+        y = fft_convolve(np.asarray(chi, dtype=np.float32), self.kernel, shape=self.padded_shape)
         return np.ascontiguousarray(crop_volume(y, self.shape), dtype=np.float32)
 
     forward = __call__
@@ -348,40 +303,3 @@ def forward_field(chi, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), pad="auto", method
     chi = as_volume(chi, "chi")
     op = DipoleOperator(chi.shape, voxel_size=voxel_size, b0_dir=b0_dir, pad=pad, method=method)
     return op(chi)
-
-
-def laplacian(x, *, voxel_size):
-    """7-point discrete Laplacian (1/mm^2 times the input's unit), periodic boundaries."""
-    vsz = as_voxel_size(voxel_size)
-    x = np.asarray(x, dtype=np.float32)
-    out = np.zeros_like(x)
-    for axis, d in enumerate(vsz):
-        out += (np.roll(x, 1, axis) + np.roll(x, -1, axis) - 2.0 * x) / np.float32(d * d)
-    return out
-
-
-def gradient(x, *, voxel_size):
-    """Forward differences along each axis, stacked on a new last axis, periodic boundaries.
-
-    Returns a (X, Y, Z, 3) float32 array in the input's unit per mm.
-    """
-    vsz = as_voxel_size(voxel_size)
-    x = np.asarray(x, dtype=np.float32)
-    g = np.empty(x.shape + (3,), dtype=np.float32)
-    for axis, d in enumerate(vsz):
-        g[..., axis] = (np.roll(x, -1, axis) - x) / np.float32(d)
-    return g
-
-
-def divergence(g, *, voxel_size):
-    """Backward-difference divergence: the negative adjoint of :func:`gradient`.
-
-    ``sum(gradient(x) * g) == -sum(x * divergence(g))`` for any x, g.
-    """
-    vsz = as_voxel_size(voxel_size)
-    g = np.asarray(g, dtype=np.float32)
-    out = np.zeros(g.shape[:-1], dtype=np.float32)
-    for axis, d in enumerate(vsz):
-        gi = g[..., axis]
-        out += (gi - np.roll(gi, 1, axis)) / np.float32(d)
-    return out

@@ -37,9 +37,9 @@ References
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 from scipy import ndimage
 
+from ._fft import fft_convolve, padded_shape, rfft
 from ._validate import as_mask, as_volume
 
 __all__ = [
@@ -198,12 +198,12 @@ def _hfen(xm, ym, m):
     xm, ym = xm[box], ym[box]
     # Linear filter: LoG(x) - LoG(y) = LoG(x - y). Zero padding by the kernel's width makes the
     # circular FFT convolution equal the linear one; both maps share the kernel's spectrum.
-    shape = tuple(sfft.next_fast_len(n + k.shape[i] - 1, real=True) for i, n in enumerate(xm.shape))
-    kf = sfft.rfftn(k, s=shape, workers=-1)
+    shape = padded_shape(xm.shape, np.subtract(k.shape, 1))
+    kf = rfft(k, shape)
     crop = tuple(slice(half, half + n) for n in xm.shape)
     norms = []
     for a in (xm - ym, ym):
-        f = sfft.irfftn(sfft.rfftn(a, s=shape, workers=-1) * kf, s=shape, workers=-1)
+        f = fft_convolve(a, kf, shape=shape)
         norms.append(np.linalg.norm(f[crop].ravel()))
     if norms[1] == 0:
         raise ValueError("reference has no high-frequency content inside the mask: HFEN is undefined")

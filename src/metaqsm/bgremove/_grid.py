@@ -4,8 +4,8 @@ FFT grid, and erode a mask with the spherical kernel."""
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 
+from .._fft import irfft, padded_shape
 from .._validate import as_field_inputs
 
 
@@ -24,7 +24,7 @@ class CropGrid:
         margin = np.broadcast_to(np.asarray(margin, int), (3,))
         self.src = tuple(slice(a, b) for a, b in zip(lo, hi))
         size = [b - a for a, b in zip(lo, hi)]
-        self.shape = tuple(sfft.next_fast_len(int(n + 2 * m), real=True) for n, m in zip(size, margin))
+        self.shape = padded_shape(size, 2 * margin)
         self.dst = tuple(slice(int(m), int(m) + n) for m, n in zip(margin, size))
 
     def to_grid(self, x, dtype=np.float32):
@@ -58,16 +58,8 @@ def smv_erode(mask_grid_fft, S, shape, count):
     ``mask_grid_fft`` is the rfft of the 0/1 mask, ``S`` the SMV spectrum, ``count`` the number
     of voxels in the sphere (a voxel missing from the sphere lowers the mean by 1/count).
     """
-    m = sfft.irfftn(mask_grid_fft * S, s=shape, workers=-1)
+    m = irfft(mask_grid_fft * S, shape)
     return m > 1.0 - 0.5 / count
 
 
-def fft_of(x):
-    return sfft.rfftn(x, workers=-1)
-
-
-def ifft_of(X, shape):
-    return sfft.irfftn(X, s=shape, workers=-1)
-
-
-__all__ = ["CropGrid", "check_inputs", "sphere_count", "smv_erode", "fft_of", "ifft_of"]
+__all__ = ["CropGrid", "check_inputs", "sphere_count", "smv_erode"]

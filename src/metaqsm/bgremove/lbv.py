@@ -3,46 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 from scipy import ndimage as ndi
 
+from .._fd import laplacian, poisson_solver
+from .._linalg import cg
 from .._validate import as_int, as_positive
 from ._grid import check_inputs
-
-
-def _laplacian_dirichlet(u, inside, vsz):
-    """-lap(u) on the voxels of ``inside`` with u = 0 elsewhere (7-point stencil, 1/mm^2)."""
-    u = u * inside
-    out = np.zeros_like(u)
-    for axis, d in enumerate(vsz):
-        w = 1.0 / (d * d)
-        out += 2.0 * w * u
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        lo, hi = tuple(lo), tuple(hi)
-        out[lo] -= w * u[hi]
-        out[hi] -= w * u[lo]
-    return out * inside
-
-
-def _dst_solver(shape, vsz):
-    """Inverse of -lap with zero Dirichlet values just outside a box of ``shape`` (DST-I)."""
-    eig = np.zeros(shape)
-    for axis, (n, d) in enumerate(zip(shape, vsz)):
-        view = [1, 1, 1]
-        view[axis] = n
-        k = np.arange(1, n + 1)
-        eig = eig + ((2.0 - 2.0 * np.cos(np.pi * k / (n + 1))) / (d * d)).reshape(view)
-    inv = 1.0 / eig
-
-    def solve(r):
-        R = sfft.dstn(r, type=1, workers=-1)
-        R *= inv
-        return sfft.idstn(R, type=1, workers=-1)
-
-    return solve
 
 
 def lbv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-3, max_iter=None, peel_mm=0.0):
@@ -99,36 +65,27 @@ def lbv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-3, max_iter=N
     inside = interior[big].astype(np.float64)
     max_iter = (max(inside.shape) if max_iter is None
                 else as_int(max_iter, "max_iter", minimum=1))
-    # right-hand side: -lap(f) at the interior points, from the field on the mask
-    b = np.zeros_like(f)
-    for axis, d in enumerate(vsz):
-        b += (2.0 * f - np.roll(f, 1, axis) - np.roll(f, -1, axis)) / (d * d)
-    b *= inside
-    inner = (slice(1, -1),) * 3
-    solve = _dst_solver(inside[inner].shape, vsz)
+    # -lap, the SPD operator, on the interior points; the box around them has a layer of
+    # non-interior voxels on each face, so the periodic Laplacian never wraps around
+    lap = np.empty_like(f)
+    neg_inside = -inside
 
-    def precond(r):
+    def A(u):
+        laplacian(u * inside, voxel_size=vsz, out=lap)
+        return lap * neg_inside
+
+    # right-hand side: -lap(f) at the interior points, from the field on the mask
+    b = laplacian(f, voxel_size=vsz, out=np.empty_like(f))
+    b *= neg_inside
+    inner = (slice(1, -1),) * 3
+    solve = poisson_solver(inside[inner].shape, voxel_size=vsz, boundary="dirichlet")
+
+    def precond(r):  # -lap^-1 on the box of the interior points, zero Dirichlet values
         z = np.zeros_like(r)
         z[inner] = solve(r[inner])
-        return z * inside
+        return z * neg_inside
 
-    x = np.zeros_like(f)
-    r = b.copy()
-    z = precond(r)
-    p = z.copy()
-    rz = float(np.vdot(r, z))
-    bnorm = float(np.linalg.norm(b))
-    for _ in range(max_iter if bnorm > 0 else 0):
-        Ap = _laplacian_dirichlet(p, inside, vsz)
-        alpha = rz / float(np.vdot(p, Ap))
-        x += alpha * p
-        r -= alpha * Ap
-        if float(np.linalg.norm(r)) < tol * bnorm:
-            break
-        z = precond(r)
-        rz_new = float(np.vdot(r, z))
-        p = z + (rz_new / rz) * p
-        rz = rz_new
+    x, _ = cg(A, b, M=precond, tol=tol, max_iter=max_iter)
     local = np.zeros(mask.shape, np.float32)
     local[big] = (x * inside).astype(np.float32)
     out_mask = interior

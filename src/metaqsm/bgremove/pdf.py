@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._fft import crop_volume, pad_volume, padded_shape
+from .._linalg import cg
 from .._validate import as_int, as_positive, as_volume
-from ..kernels import DipoleOperator, crop_volume, pad_volume, padded_shape
+from ..kernels import DipoleOperator
 from ._grid import check_inputs
 
 
@@ -80,22 +82,7 @@ def pdf(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), noise=None, pad=None
         return op(op(x * outside) * w2) * outside
 
     b = op(w2 * pad_volume(np.where(mask, field, 0.0).astype(np.float32), pshape)) * outside
-    x = np.zeros(pshape, np.float32)
-    r = b.copy()
-    p = r.copy()
-    rr = float(np.vdot(r, r))
-    bnorm = np.sqrt(rr)
-    if bnorm > 0:
-        for _ in range(max_iter):
-            Ap = normal(p)
-            alpha = rr / float(np.vdot(p, Ap))
-            x += alpha * p
-            r -= alpha * Ap
-            rr_new = float(np.vdot(r, r))
-            if np.sqrt(rr_new) < tol * bnorm:
-                break
-            p = r + (rr_new / rr) * p
-            rr = rr_new
+    x, _ = cg(normal, b, tol=tol, max_iter=max_iter)
     background = crop_volume(op(x * outside), field.shape)
     local = np.where(mask, field - background, 0.0).astype(np.float32)
     return local, mask.copy()

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._fft import fft_convolve, irfft, rfft
+from .._linalg import cg
 from .._validate import as_int, as_positive
 from ..kernels import smv_kernel
-from ._grid import CropGrid, check_inputs, fft_of, ifft_of, smv_erode, sphere_count
+from ._grid import CropGrid, check_inputs, smv_erode, sphere_count
 
 
 def _margin(vsz, radius):
@@ -92,12 +94,12 @@ def sharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=None, thres
     grid = CropGrid(mask, _margin(vsz, r))
     f = grid.to_grid(np.where(mask, field, 0.0))
     S = smv_kernel(grid.shape, voxel_size=vsz, radius=r)
-    me = _eroded_or_fail(smv_erode(fft_of(grid.to_grid(mask)), S, grid.shape,
+    me = _eroded_or_fail(smv_erode(rfft(grid.to_grid(mask)), S, grid.shape,
                                    sphere_count(vsz, r)), r)
     hp = 1.0 - smv_kernel(grid.shape, voxel_size=vsz, radius=r, method=smv)
-    g = ifft_of(fft_of(f) * hp, grid.shape) * me
+    g = fft_convolve(f, hp) * me
     inv = np.where(np.abs(hp) < thr, 0.0, 1.0 / np.where(hp == 0, 1.0, hp)).astype(np.float32)
-    local = ifft_of(fft_of(g.astype(np.float32)) * inv, grid.shape) * me
+    local = fft_convolve(g.astype(np.float32), inv) * me
     return grid.from_grid(local), grid.from_grid(me, dtype=bool)
 
 
@@ -159,8 +161,8 @@ def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, thres
     rs = sorted({_check_radius(r, vsz, "radii") for r in rs}, reverse=True)
     thr = _check_threshold(threshold)
     grid = CropGrid(mask, _margin(vsz, rs[0]))
-    F = fft_of(grid.to_grid(np.where(mask, field, 0.0)))
-    M = fft_of(grid.to_grid(mask))
+    F = rfft(grid.to_grid(np.where(mask, field, 0.0)))
+    M = rfft(grid.to_grid(mask))
     acc = np.zeros(grid.shape, np.float32)
     prev = np.zeros(grid.shape, bool)
     inv = None
@@ -172,10 +174,10 @@ def vsharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radii=None, thres
             inv = np.where(np.abs(hp) < thr, 0.0, 1.0 / np.where(hp == 0, 1.0, hp)).astype(np.float32)
         new = me & ~prev
         if new.any():
-            acc[new] = ifft_of(F * hp, grid.shape)[new]
+            acc[new] = irfft(F * hp, grid.shape)[new]
         prev |= me
     _eroded_or_fail(prev, rs[-1])
-    local = ifft_of(fft_of(acc) * inv, grid.shape) * prev
+    local = fft_convolve(acc, inv) * prev
     return grid.from_grid(local), grid.from_grid(prev, dtype=bool)
 
 
@@ -231,48 +233,26 @@ def resharp(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), radius=6.0, tik_
     grid = CropGrid(mask, _margin(vsz, r))
     shape = grid.shape
     S = smv_kernel(shape, voxel_size=vsz, radius=r)
-    me = _eroded_or_fail(smv_erode(fft_of(grid.to_grid(mask)), S, shape, sphere_count(vsz, r)), r)
+    me = _eroded_or_fail(smv_erode(rfft(grid.to_grid(mask)), S, shape, sphere_count(vsz, r)), r)
     mef = me.astype(np.float32)
     hp = (1.0 - smv_kernel(shape, voxel_size=vsz, radius=r, method=smv)).astype(np.float32)
     hp2 = hp * hp
     pre = (1.0 / (hp2 + np.float32(1e-2))).astype(np.float32)
 
-    def conv(u, kernel):
-        return ifft_of(fft_of(u) * kernel, shape).astype(np.float32, copy=False)
-
     def A(u):
-        y = conv(u, hp2)
+        y = fft_convolve(u, hp2)
         y *= mef
         if lam:
             y += lam * u
         return y
 
     def precond(v):
-        z = conv(v, pre)
+        z = fft_convolve(v, pre)
         z *= mef
         return z
 
-    b = conv(grid.to_grid(np.where(mask, field, 0.0)), hp)
+    b = fft_convolve(grid.to_grid(np.where(mask, field, 0.0)), hp)
     b *= mef
-    u = np.zeros(shape, np.float32)
-    bnorm = float(np.linalg.norm(b))
-    if bnorm > 0:
-        res = b.copy()
-        z = precond(res)
-        p = z.copy()
-        rz = float(np.vdot(res, z))
-        for _ in range(max_iter):
-            Ap = A(p)
-            alpha = np.float32(rz / float(np.vdot(p, Ap)))
-            u += alpha * p
-            Ap *= alpha
-            res -= Ap
-            if float(np.linalg.norm(res)) < tol * bnorm:
-                break
-            z = precond(res)
-            rz_new = float(np.vdot(res, z))
-            p *= np.float32(rz_new / rz)
-            p += z
-            rz = rz_new
-    local = conv(u, hp) * me
+    u, _ = cg(A, b, M=precond, tol=tol, max_iter=max_iter)
+    local = fft_convolve(u, hp) * me
     return grid.from_grid(local), grid.from_grid(me, dtype=bool)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import as_positive
-from ..kernels import crop_volume, dipole_kernel, fft_convolve, gradient_kernel_sq, laplacian_kernel
+from .._fft import crop_volume, fft_convolve, padded_shape
+from ..kernels import dipole_kernel, gradient_kernel_sq, laplacian_kernel
 from . import _common
 
 __all__ = ["tkd", "tsvd", "tikhonov"]
@@ -28,11 +29,11 @@ def _kdiv(field, mask, voxel_size, b0_dir, pad, inverse_kernel):
 
     ``inverse_kernel`` may overwrite D (it is not used afterwards)."""
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
-    shape = _common.padded(f.shape, pad)
+    shape = padded_shape(f.shape, pad)
     D = dipole_kernel(shape, voxel_size=vsz, b0_dir=b)
     K = inverse_kernel(D, shape, vsz)
     del D
-    chi = fft_convolve(_common.pad(f, shape), K)
+    chi = fft_convolve(f, K, shape=shape)
     chi = crop_volume(chi, f.shape)
     return np.multiply(chi, m, dtype=np.float32)  # one pass: crop, mask and contiguous copy
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 from scipy.sparse.linalg import LinearOperator, lsmr, lsqr
 
+from .._fd import divergence, gradient, laplacian
+from .._fft import crop_volume, fft_convolve, irfft, pad_volume, padded_shape, rfft
 from .._validate import as_positive
-from ..kernels import WORKERS, dipole_kernel, laplacian, smv_kernel
+from ..kernels import dipole_kernel, smv_kernel
 from . import _common
 
 __all__ = ["ilsqr"]
@@ -100,9 +101,9 @@ def ilsqr(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-2, max_iter
     max_iter_lsqr = _common.check_max_iter(max_iter_lsqr, "max_iter_lsqr")
     threshold_cone = as_positive(threshold_cone, "threshold_cone")
 
-    shape = _common.padded(f.shape, pad)
-    fp = _common.pad(f, shape)
-    mp = _common.pad(m, shape)
+    shape = padded_shape(f.shape, pad)
+    fp = pad_volume(f, shape)
+    mp = pad_volume(m, shape)
     D = dipole_kernel(shape, voxel_size=vsz, b0_dir=b)
 
     bar = _common.progress_bar(4, progress, "ilsqr")
@@ -118,13 +119,12 @@ def ilsqr(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-2, max_iter
         bar.update()
     finally:
         bar.close()
-    return _common.crop(x, f.shape).astype(np.float32, copy=False)
+    return np.ascontiguousarray(crop_volume(x, f.shape), dtype=np.float32)
 
 
 def _conv(x, K, shape):
-    X = sfft.rfftn(np.asarray(x, np.float32).reshape(shape), workers=WORKERS)
-    X *= K
-    return sfft.irfftn(X, s=shape, workers=WORKERS)
+    """``K`` applied to a solver's flat vector ``x`` as a volume of ``shape``."""
+    return fft_convolve(np.asarray(x, np.float32).reshape(shape), K)
 
 
 def _weighted_lsqr(fp, mp, D, vsz, tol, max_iter):
@@ -152,7 +152,7 @@ def _weighted_lsqr(fp, mp, D, vsz, tol, max_iter):
 def _fast_estimate(fp, mp, D, vsz):
     """Step 2: the fast k-space estimate (FastQSM, Eqs. 8-14)."""
     shape = fp.shape
-    F = sfft.rfftn(fp, workers=WORKERS)
+    F = rfft(fp)
     aD = np.abs(D)
     wk = aD ** np.float32(1e-3)
     p1, p30 = np.percentile(wk, [1.0, 30.0])
@@ -162,13 +162,13 @@ def _fast_estimate(fp, mp, D, vsz):
     del h
 
     X = np.sign(D) * F
-    x = sfft.irfftn(X * blend, s=shape, workers=WORKERS) * mp
-    x = sfft.irfftn(sfft.rfftn(x, workers=WORKERS) * blend, s=shape, workers=WORKERS) * mp
+    x = irfft(X * blend, shape) * mp
+    x = fft_convolve(x, blend) * mp
 
     t0 = np.float32(1.0 / 8.0)
     with np.errstate(divide="ignore"):
         iD = np.where(aD < t0, np.where(D < 0, -1.0 / t0, 1.0 / t0), 1.0 / D).astype(np.float32)
-    x_tkd = sfft.irfftn(F * iD, s=shape, workers=WORKERS)
+    x_tkd = irfft(F * iD, shape)
 
     # Eq. 13-14: scale and offset of the fast estimate to the TKD solution (over the mask)
     a_mat = np.stack([x[mp], np.ones(int(mp.sum()), np.float32)], axis=1).astype(np.float64)
@@ -182,8 +182,7 @@ def _streaking(x_lsqr, x_fast, mp, D, vsz, threshold_cone, tol, max_iter):
     """Step 3: the streaking artifact, restricted to the ill-conditioned cone, by LSMR."""
     shape = x_lsqr.shape
     n = x_lsqr.size
-    g = np.empty((3,) + shape, np.float32)
-    _common.grad_into(x_fast, vsz, g)
+    g = gradient(x_fast, voxel_size=vsz)
     wg = np.empty_like(g)
     for i in range(3):
         wg[i] = _common.ramp_weights(np.abs(g[i]), mp, 50.0, 70.0)
@@ -193,19 +192,18 @@ def _streaking(x_lsqr, x_fast, mp, D, vsz, threshold_cone, tol, max_iter):
 
     def matvec(x):
         y = _conv(x, mic, shape).astype(np.float32, copy=False)
-        out = np.empty((3,) + shape, np.float32)
-        _common.grad_into(y, vsz, out)
+        out = gradient(y, voxel_size=vsz)
         out *= wg
         return out.ravel().astype(_VEC, copy=False)
 
     def rmatvec(r):
         r = np.asarray(r, np.float32).reshape((3,) + shape) * wg
-        _common.div_into(r, vsz, tmp, tmp2)  # grad^T = -div
+        divergence(r, voxel_size=vsz, out=tmp, work=tmp2)  # grad^T = -div
         np.negative(tmp, out=tmp)
         return _conv(tmp, mic, shape).ravel().astype(_VEC, copy=False)
 
     A = LinearOperator((3 * n, n), matvec=matvec, rmatvec=rmatvec, dtype=_VEC)
-    _common.grad_into(x_lsqr, vsz, g)
+    gradient(x_lsqr, voxel_size=vsz, out=g)
     g *= wg
     with np.errstate(over="ignore"):
         x = lsmr(A, g.ravel().astype(_VEC, copy=False), atol=tol, btol=tol, maxiter=max_iter)[0]

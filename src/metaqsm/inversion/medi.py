@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
-from scipy.linalg.blas import saxpy as _saxpy
 
+from .._fd import div_weighted_grad, gradient
+from .._fft import crop_volume, fft_convolve, pad_volume, padded_shape
+from .._linalg import cg
 from .._validate import as_positive, as_volume
-from ..kernels import WORKERS, dipole_kernel
+from ..kernels import dipole_kernel
 from ..units import ppm_to_rad
 from . import _common
 
@@ -131,19 +132,14 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     wgrad = gradient_mask(mag if mag is not None else f, m, voxel_size=vsz,
                           edge_fraction=edge_fraction)
 
-    shape = _common.padded(f.shape, pad)
-    rdf = _common.pad(f * np.float32(scale), shape)
+    shape = padded_shape(f.shape, pad)
+    rdf = pad_volume(f * np.float32(scale), shape)
     # 2 lam |W exp(i D chi)|^2 = 2 lam W^2: the data term's weight in the normal equations
-    m2 = _common.pad(np.float32(2.0 * lam) * wdata * wdata, shape)
+    m2 = pad_volume(np.float32(2.0 * lam) * wdata * wdata, shape)
     wg = np.ones((3,) + shape, np.float32)  # outside the volume (padding): no edges
     wg[(slice(None),) + tuple(slice(0, n) for n in f.shape)] = wgrad
     del wdata, wgrad
     D = dipole_kernel(shape, voxel_size=vsz, b0_dir=b)
-
-    def conv(x):
-        X = sfft.rfftn(x, workers=WORKERS)
-        X *= D
-        return sfft.irfftn(X, s=shape, workers=WORKERS)
 
     g = np.empty((3,) + shape, np.float32)
     tmp = np.empty(shape, np.float32)
@@ -153,14 +149,13 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
         """-G^T M Vr M G dx = div(M Vr M grad dx): the toolbox's ``reg`` is G^T M Vr M G, the
         positive semi-definite operator (its ``div`` is the adjoint of ``grad``). ``vr``
         carries the 1/d^2 of the two differences."""
-        out = np.empty(shape, np.float32)
-        return _common.weighted_div_grad_into(dx, vr, out, tmp)
+        return div_weighted_grad(dx, vr, work=tmp)
 
     x = np.zeros(shape, np.float32)
     bar = _common.progress_bar(max_iter, progress, "medi")
     try:
         for _ in range(max_iter):
-            _common.grad_into(x, vsz, g)
+            gradient(x, voxel_size=vsz, out=g)
             g *= wg
             np.square(g, out=g)
             g += eps
@@ -168,22 +163,22 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
             np.reciprocal(g, out=g)
             vr = g * wg  # M Vr M / d^2 (M is binary), fixed for this Gauss-Newton step
             vr *= inv_d2
-            dphi = conv(x)
+            dphi = fft_convolve(x, D)
             dphi -= rdf
             np.sin(dphi, out=dphi)
             dphi *= m2
             rhs = neg_reg(x, vr)  # -b of the toolbox: -(reg(x) + 2 lam D(W^2 sin(D x - f)))
-            rhs -= conv(dphi)
+            rhs -= fft_convolve(dphi, D)
             del dphi
 
             def apply_a(v):
-                t = conv(v)
+                t = fft_convolve(v, D)
                 t *= m2
-                out = conv(t)
+                out = fft_convolve(t, D)
                 out -= neg_reg(v, vr)
                 return out
 
-            dx = _cg(apply_a, rhs, cg_tol, cg_max_iter)
+            dx, _ = cg(apply_a, rhs, tol=cg_tol, max_iter=cg_max_iter)
             nx = float(np.linalg.norm(x))
             ratio = float(np.linalg.norm(dx)) / nx if nx > 0 else np.inf
             x += dx
@@ -194,32 +189,9 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     finally:
         bar.close()
 
-    chi = _common.crop(x, f.shape)
-    chi *= np.float32(1.0 / scale)
+    chi = crop_volume(x, f.shape) * np.float32(1.0 / scale)
     chi *= m
-    return chi.astype(np.float32, copy=False)
-
-
-def _cg(apply_a, b, tol, max_iter):
-    """Conjugate gradients for A x = b from x = 0, stopping at ||r|| <= tol ||b||."""
-    # BLAS axpy updates in place in one pass over memory each (float32, contiguous 1-D views)
-    x = np.zeros(b.size, np.float32)
-    r = np.array(b, np.float32).ravel()
-    p = r.copy()
-    rr = float(np.dot(r, r))
-    stop = tol * tol * rr
-    for _ in range(max_iter):
-        if rr <= stop or rr == 0.0:
-            break
-        q = np.ascontiguousarray(apply_a(p.reshape(b.shape)), np.float32).ravel()
-        alpha = rr / float(np.dot(p, q))
-        _saxpy(p, x, a=alpha)
-        _saxpy(q, r, a=-alpha)
-        rr_new = float(np.dot(r, r))
-        p *= np.float32(rr_new / rr)
-        _saxpy(r, p, a=1.0)
-        rr = rr_new
-    return x.reshape(b.shape)
+    return chi
 
 
 def data_weight(mask, *, magnitude=None, noise_std=None):
@@ -264,8 +236,7 @@ def gradient_mask(image, mask, *, voxel_size, edge_fraction=0.9):
     m = np.asarray(mask, bool)
     vsz = np.asarray(voxel_size, float)
     img = np.where(m, np.asarray(image, np.float32), 0.0).astype(np.float32)
-    g = np.empty((3,) + img.shape, np.float32)
-    _common.grad_into(img, vsz, g)
+    g = gradient(img, voxel_size=vsz)
     np.abs(g, out=g)
     k = int(round(edge_fraction * m.sum()))
     flat = g.ravel()

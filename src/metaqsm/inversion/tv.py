@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 
+from .._fd import divergence, gradient
+from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
 from .._validate import as_positive
-from ..kernels import WORKERS, dipole_kernel, gradient_kernel_sq
+from ..kernels import dipole_kernel, gradient_kernel_sq
 from . import _common
 
 __all__ = ["tv"]
@@ -77,7 +78,7 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     tol = _common.check_tol(tol)
     max_iter = _common.check_max_iter(max_iter)
 
-    shape = _common.padded(f.shape, pad)
+    shape = padded_shape(f.shape, pad)
     D = dipole_kernel(shape, voxel_size=vsz, b0_dir=b)
     G2 = gradient_kernel_sq(shape, voxel_size=vsz)
     den = D * D + np.float32(rho) * G2
@@ -85,8 +86,8 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
         iA = np.where(den > 0, 1.0 / den, 0.0).astype(np.float32)
     del den, G2
 
-    x = _common.pad(f, shape).copy()
-    Fhat = sfft.rfftn(x, workers=WORKERS)
+    x = pad_volume(f, shape).copy()
+    Fhat = rfft(x)
     Fhat *= D * iA  # (D^H f) / A, constant over the iterations
     del D
     step = np.float32(-rho) * iA  # G^H = -div, folded into the k-space multiplier
@@ -95,7 +96,7 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     thr = np.float32(lam / rho)
     u = np.zeros((3,) + shape, np.float32)
     d = np.empty((3,) + shape, np.float32)
-    _common.grad_into(x, vsz, d)  # z - u at the start: the gradient of the initial guess (f)
+    gradient(x, voxel_size=vsz, out=d)  # z - u at the start: the gradient of the initial guess (f)
     x0 = np.empty(shape, np.float32)
     tmp = np.empty(shape, np.float32)
     tmp2 = np.empty(shape, np.float32)
@@ -104,11 +105,11 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     try:
         for _ in range(max_iter):
             x, x0 = x0, x
-            _common.div_into(d, vsz, tmp, tmp2)
-            X = sfft.rfftn(tmp, workers=WORKERS)
+            divergence(d, voxel_size=vsz, out=tmp, work=tmp2)
+            X = rfft(tmp)
             X *= step
             X += Fhat
-            x[...] = sfft.irfftn(X, s=shape, workers=WORKERS)
+            x[...] = irfft(X, shape)
             del X
 
             np.subtract(x, x0, out=tmp)
@@ -119,7 +120,7 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
             if ndx < tol * nx:
                 break
 
-            _common.grad_into(x, vsz, d)
+            gradient(x, voxel_size=vsz, out=d)
             u += d                       # v = grad x + u
             np.abs(u, out=d)
             d -= thr
@@ -130,6 +131,4 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     finally:
         bar.close()
 
-    chi = _common.crop(x, f.shape)
-    chi *= m
-    return chi
+    return np.multiply(crop_volume(x, f.shape), m, dtype=np.float32)

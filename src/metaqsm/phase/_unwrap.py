@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from .._fd import div_weighted_grad, divergence, gradient, poisson_solver
+from .._linalg import cg
 from .._validate import as_mask, as_volume, as_voxel_size
 
 TWO_PI = 2.0 * np.pi
@@ -22,88 +23,44 @@ def _wrap(x):
 # Laplacian unwrapping
 # --------------------------------------------------------------------------------------------
 
-def _wrapped_laplacian(phase, mask, vsz):
-    """Discrete Laplacian of the true phase from wrapped neighbour differences.
-
-    Differences across the array border or involving a voxel outside ``mask`` are zero (no
-    flux), which is the Neumann boundary condition that the DCT solve below assumes.
-    """
-    out = np.zeros(phase.shape, np.float64)
+def _pair_weights(mask, vsz):
+    """Weights (3, X, Y, Z) of the differences to the next neighbour for the masked Laplacians:
+    ``1 / d^2`` between two voxels of ``mask`` (all voxels for ``None``), 0 across the array
+    border (no flux), which turns the periodic operators of :mod:`metaqsm._fd` into the
+    Neumann problem that the DCT solve assumes."""
+    w = np.empty((3,) + mask.shape, np.float64)
     for axis, d in enumerate(vsz):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        lo, hi = tuple(lo), tuple(hi)
-        diff = _wrap(phase[hi] - phase[lo])
-        if mask is not None:
-            diff = diff * (mask[hi] & mask[lo])
-        diff /= d * d
-        out[lo] += diff
-        out[hi] -= diff
-    return out
+        both = np.logical_and(mask, np.roll(mask, -1, axis), out=np.zeros(mask.shape, bool))
+        both[(slice(None),) * axis + (-1,)] = False
+        np.divide(both, d * d, out=w[axis])
+    return w
 
 
-def _poisson_neumann(rhs, vsz):
-    """Solve lap(u) = rhs with zero-flux boundaries by the DCT-II (u has zero mean)."""
-    R = sfft.dctn(rhs, type=2, norm="ortho", workers=-1)
-    eig = np.zeros(rhs.shape, np.float64)
-    for axis, (n, d) in enumerate(zip(rhs.shape, vsz)):
-        view = [1, 1, 1]
-        view[axis] = n
-        eig = eig + ((2.0 * np.cos(np.pi * np.arange(n) / n) - 2.0) / (d * d)).reshape(view)
-    eig[0, 0, 0] = 1.0
-    R /= eig
-    R[0, 0, 0] = 0.0
-    return sfft.idctn(R, type=2, norm="ortho", workers=-1)
+def _wrapped_laplacian(phase, w):
+    """Discrete Laplacian of the true phase from wrapped neighbour differences (unscaled,
+    weighted by :func:`_pair_weights`)."""
+    g = gradient(phase, voxel_size=1.0, out=np.empty(w.shape, np.float64))
+    g = _wrap(g)
+    g *= w
+    return divergence(g, voxel_size=1.0, out=np.empty(phase.shape, np.float64))
 
 
-def _masked_laplacian(u, mask, vsz):
-    """Graph Laplacian restricted to neighbour pairs inside ``mask`` (zero flux elsewhere)."""
-    out = np.zeros(u.shape, np.float64)
-    for axis, d in enumerate(vsz):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        lo, hi = tuple(lo), tuple(hi)
-        diff = (u[hi] - u[lo]) * (mask[hi] & mask[lo]) / (d * d)
-        out[lo] += diff
-        out[hi] -= diff
-    return out
-
-
-def _poisson_masked(rhs, mask, vsz, tol=1e-6, max_iter=200):
+def _poisson_masked(rhs, mask, w, vsz, tol=1e-6, max_iter=200):
     """Solve the zero-flux Poisson problem on the voxels of ``mask`` (graph Laplacian of the
-    mask) by conjugate gradients preconditioned with the box's DCT Poisson solver."""
+    mask, weights ``w``) by conjugate gradients preconditioned with the box's DCT solver."""
     inside = mask.astype(np.float64)
+    outside = 1.0 - inside
+    solve = poisson_solver(rhs.shape, voxel_size=vsz, boundary="neumann")
+    lap = np.empty(rhs.shape, np.float64)
 
     def A(u):  # SPD on the mask (up to its constants), identity outside
-        return -_masked_laplacian(u, mask, vsz) * inside + u * (1.0 - inside)
+        return -div_weighted_grad(u, w, out=lap) * inside + u * outside
 
     def M(r):
-        return -_poisson_neumann(r * inside, vsz) * inside + r * (1.0 - inside)
+        return -solve(r * inside) * inside + r * outside
 
     b = -rhs * inside
-    x = M(b)
-    r = b - A(x)
-    z = M(r)
-    p = z.copy()
-    rz = float(np.vdot(r, z))
-    bn = float(np.linalg.norm(b))
-    if bn == 0:
-        return x
-    for _ in range(max_iter):
-        if float(np.linalg.norm(r)) < tol * bn:
-            break
-        Ap = A(p)
-        alpha = rz / float(np.vdot(p, Ap))
-        x += alpha * p
-        r -= alpha * Ap
-        z = M(r)
-        rz_new = float(np.vdot(r, z))
-        p = z + (rz_new / rz) * p
-        rz = rz_new
+    x, _ = cg(A, b, M(b), M=M, tol=tol, max_iter=max_iter)
     return x
 
 
@@ -155,13 +112,14 @@ def unwrap_laplacian(phase, *, voxel_size, mask=None, snap=False):
     phase = as_volume(phase, "phase", dtype=np.float64)
     vsz = as_voxel_size(voxel_size)
     m = None if mask is None else as_mask(mask, phase.shape)
-    rhs = _wrapped_laplacian(phase, m, vsz)
+    w = _pair_weights(np.ones(phase.shape, bool) if m is None else m, vsz)
+    rhs = _wrapped_laplacian(phase, w)
     if m is None or m.all():
-        est = _poisson_neumann(rhs, vsz)
+        est = poisson_solver(phase.shape, voxel_size=vsz, boundary="neumann")(rhs)
     else:
         # the mask's own zero-flux problem (the box solve alone would treat the outside as
         # flat phase and bend the solution inside)
-        est = _poisson_masked(rhs, m, vsz)
+        est = _poisson_masked(rhs, m, w, vsz)
     est = _align_offset(est, phase, m)
     if snap:
         est = phase + TWO_PI * np.round((est - phase) / TWO_PI)

@@ -56,6 +56,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from .._validate import as_int
+from .._fft import irfft, rfft
 from ..kernels import forward_field, padded_shape
 from . import augment
 from .anatomy import add_veins, mni_maps, tissue_susceptibility
@@ -326,7 +327,7 @@ def kspace_reduce(x, factors):
     if any(k < 1 for k in f) or any(n % k for n, k in zip(x.shape, f)):
         raise ValueError(f"factors must be integers >= 1 dividing the shape {x.shape}, got {f}")
     shape = tuple(n // k for n, k in zip(x.shape, f))
-    spec = sfft.rfftn(x, workers=-1)
+    spec = rfft(x)
     keep = []
     for axis, (n_in, n_out) in enumerate(zip(x.shape, shape)):
         if axis == 2:
@@ -344,7 +345,7 @@ def kspace_reduce(x, factors):
         view = [1, 1, 1]
         view[axis] = -1
         sub = sub * ramp.reshape(view)
-    out = sfft.irfftn(sub, s=shape, workers=-1)
+    out = irfft(sub, shape)
     return (out * (np.prod(shape) / np.prod(x.shape))).astype(np.float32)
 
 
