@@ -136,7 +136,8 @@ def test_train_writes_run_and_resume_reproduces_the_losses(data, tmp_path):
 
     part = train(tiny_config(), out=tmp_path / "b", train_data=ds, val_data=val, stop_after=3)
     assert part["stopped"] and part["step"] == 3
-    with pytest.raises(FileExistsError, match="already holds a training run"):
+    with pytest.raises(FileExistsError, match="already holds a training run; continue it with "
+                                              "resume=True"):
         train(tiny_config(), out=tmp_path / "b", train_data=ds, val_data=val)
     done = train(tiny_config(), out=tmp_path / "b", resume=True, train_data=ds, val_data=val)
     assert done["step"] == 6
@@ -382,6 +383,10 @@ def test_cli_train_stream_and_resume(tmp_path, capsys):
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "nope.h5")]) == 2
     assert "--data" in capsys.readouterr().err
+    # the library names the configuration key, the command line adds its option
+    assert main(["train", "--out", str(tmp_path / "x"), 'data.source="h5"']) == 2
+    assert ("data.path must name an HDF5 file when data.source is 'h5' (--data PATH)"
+            in capsys.readouterr().err)
 
 
 def test_sigterm_checkpoints_and_resumes(tmp_path):

@@ -77,12 +77,15 @@ def run_train(args):
     if args.no_progress:
         overrides.append("run.progress=false")
     out = Path(args.out)
-    if args.resume and (out / "config.json").is_file():
-        # a resumed run keeps its own configuration; the command line may still change the run
-        # section (steps, intervals, device, threads)
-        cfg = load_config(out / "config.json", overrides)
-    else:
-        cfg = load_config(args.config, overrides)
+    # a resumed run keeps its own configuration; the command line may still change the run
+    # section (steps, intervals, device, threads)
+    resumed = args.resume and (out / "config.json").is_file()
+    try:
+        cfg = load_config(out / "config.json" if resumed else args.config, overrides)
+    except ValueError as exc:
+        if str(exc).startswith("data.path "):  # the configuration's key, set by --data
+            raise ValueError(f"{exc} (--data PATH)") from None
+        raise
     if not args.resume and out.exists() and (out / "last.pt").exists():
         raise FileExistsError(f"--out {out} already holds a training run: add --resume to continue "
                               f"it, or choose another folder")

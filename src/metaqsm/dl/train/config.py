@@ -172,7 +172,7 @@ def validate_config(config):
     if d["source"] not in ("stream", "h5"):
         raise ValueError(f"data.source must be 'stream' or 'h5', got {d['source']!r}")
     if d["source"] == "h5" and not d["path"]:
-        raise ValueError("data.path must name an HDF5 file when data.source is 'h5' (--data PATH)")
+        raise ValueError("data.path must name an HDF5 file when data.source is 'h5'")
     if r["amp"] not in ("auto", "off", "bf16", "fp16"):
         raise ValueError(f"run.amp must be one of auto, off, bf16, fp16, got {r['amp']!r}")
     dev = str(r["device"])

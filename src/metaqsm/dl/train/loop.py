@@ -133,8 +133,8 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
         cfg = validate_config(saved)
     else:
         if last_path.exists() or (out / "log.csv").exists():
-            raise FileExistsError(f"{out} already holds a training run; resume it (--resume) or "
-                                  f"choose another output folder")
+            raise FileExistsError(f"{out} already holds a training run; continue it with "
+                                  f"resume=True, or choose another output folder")
         state = None
 
     r, o = cfg["run"], cfg["optim"]
