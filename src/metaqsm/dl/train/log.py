@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...io import atomic_path
+
 __all__ = ["LOG_FIELDS", "append_log", "truncate_log", "plot_log"]
 
 #: The columns of ``log.csv``.
@@ -48,7 +50,22 @@ def append_log(path, row):
 def plot_log(log_csv, png=None):
     """Plot training/validation loss and the validation metrics of a ``log.csv`` to a PNG.
 
-    Returns the PNG path (default: ``curves.png`` beside the log).
+    Parameters
+    ----------
+    log_csv : str or Path
+        A run's ``log.csv``, or its run folder.
+    png : str or Path, optional
+        The picture (default: ``curves.png`` beside the log); replaced atomically.
+
+    Returns
+    -------
+    Path
+        The PNG written.
+
+    Raises
+    ------
+    FileNotFoundError
+        There is no log.
     """
     import matplotlib
 
@@ -90,6 +107,7 @@ def plot_log(log_csv, png=None):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
+    with atomic_path(png, force=True) as tmp:  # the curves of the previous call are replaced
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return png
