@@ -52,8 +52,8 @@ class PipelineResult:
 
     Attributes
     ----------
-    chi : (X, Y, Z) float32
-        Susceptibility (ppm), zero outside ``eroded_mask``.
+    chi : (X, Y, Z) float32 or None
+        Susceptibility (ppm), zero outside ``eroded_mask`` (None without an inversion).
     local_field : (X, Y, Z) float32
         Local field (ppm) in ``eroded_mask``.
     total_field : (X, Y, Z) float32
@@ -144,8 +144,9 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
         Background removal (default "resharp", 6 mm sphere); see :mod:`metaqsm.bgremove`.
     bgremove_options : dict, optional
         Its keywords (e.g. ``{"radius": 6.0}``).
-    inversion_method : str
-        Dipole inversion (default :data:`DEFAULT_INVERSION`).
+    inversion_method : str or None
+        Dipole inversion (default :data:`DEFAULT_INVERSION`); ``None`` stops after the background
+        removal (``chi`` is then None), e.g. to compare inversions on the same local field.
     inversion_options : dict, optional
         Its keywords. ``magnitude`` and ``noise_std`` are added when the method accepts them.
     progress : bool
@@ -178,10 +179,11 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
     # unknown names and options fail before any work
     bg_method, bgremove_options = _checked_method(bgremoval, bgremove_method, bgremove_options,
                                                   "bgremove")
-    inv_method, inversion_options = _checked_method(inversion, inversion_method,
-                                                    inversion_options, "inversion")
     bg_func = bg_method.function()
-    inv_method.function()  # a network without torch fails here, not after the echo fit
+    if inversion_method is not None:
+        inv_method, inversion_options = _checked_method(inversion, inversion_method,
+                                                        inversion_options, "inversion")
+        inv_method.function()  # a network without torch fails here, not after the echo fit
     mask_options = dict(mask_options or {})
 
     timings, params = {}, {}
@@ -219,15 +221,18 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
         timings["bgremove"] = time.perf_counter() - t0
         bar.update()
 
-        t0 = time.perf_counter()
-        bar.set_postfix_str("inversion")
-        chi = call_inversion(inversion_method, local, eroded, voxel_size=vsz, b0_dir=b0,
-                             options=inversion_options,
-                             magnitude=np.sqrt(np.sum(mag.astype(np.float64) ** 2, -1)).astype(np.float32),
-                             noise_std=fit.noise)
-        chi = np.where(eroded, chi, 0.0).astype(np.float32)
-        params["inversion"] = {"method": inversion_method, **inversion_options}
-        timings["inversion"] = time.perf_counter() - t0
+        chi = None
+        if inversion_method is not None:
+            t0 = time.perf_counter()
+            bar.set_postfix_str("inversion")
+            chi = call_inversion(inversion_method, local, eroded, voxel_size=vsz, b0_dir=b0,
+                                 options=inversion_options,
+                                 magnitude=np.sqrt(np.sum(mag.astype(np.float64) ** 2, -1))
+                                 .astype(np.float32),
+                                 noise_std=fit.noise)
+            chi = np.where(eroded, chi, 0.0).astype(np.float32)
+            params["inversion"] = {"method": inversion_method, **inversion_options}
+            timings["inversion"] = time.perf_counter() - t0
         bar.update()
     finally:
         bar.close()

@@ -375,7 +375,8 @@ def _phase_offset(shape, rng):
 def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
                          echo_times=DEFAULT_ECHO_TIMES, field_strength=3.0, m0=None, r2star=None,
                          snr=100.0, phase_offset=True, background=True, output_voxel_size=None,
-                         reduce="kspace", shim_order=2, affine=None, rng=0):
+                         reduce="kspace", shim_order=2, affine=None, extra_field=None,
+                         receive_profile=None, rng=0):
     """Simulate multi-echo gradient-echo magnitude and phase from a susceptibility map.
 
     Steps, on the input (fine) grid: (1) local field = dipole convolution of ``chi`` inside
@@ -430,6 +431,14 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         0 removes only the mean).
     affine : None or (4, 4) array
         Voxel-to-world transform of the input; the output's is returned in ``Acquisition.affine``.
+    extra_field : None or (X, Y, Z) array
+        A field (ppm) that no scalar susceptibility explains (white-matter anisotropy,
+        microstructure and exchange offsets; see :mod:`metaqsm.simulate.realistic`), added to
+        the local field inside ``mask``; the returned ``local_field`` includes it (it is what the
+        phase measures), ``chi`` does not.
+    receive_profile : None or (X, Y, Z) array
+        A smooth coil sensitivity multiplying the proton density (default: uniform), so the
+        noise relative to the signal varies over the head as on a real receive array.
     rng : int or numpy.random.Generator
         Seed of the noise and the phase offset.
 
@@ -483,10 +492,23 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         raise ValueError(f"reduce must be one of 'kspace', 'block', got {reduce!r}")
     if shim_order not in (0, 1, 2):
         raise ValueError(f"shim_order must be 0, 1 or 2, got {shim_order!r}")
+
+    extra = profile = None
+    if extra_field is not None:
+        extra = as_volume(extra_field, "extra_field")
+        if extra.shape != shape:
+            raise ValueError(f"extra_field must have the shape of chi {shape}, got {extra.shape}")
+    if receive_profile is not None:
+        profile = as_volume(receive_profile, "receive_profile")
+        if profile.shape != shape or np.any(profile < 0):
+            raise ValueError(f"receive_profile must be non-negative with the shape of chi "
+                             f"{shape}, got shape {profile.shape}")
     rng = np.random.default_rng(rng)
 
     chi_in = np.where(mask, chi, 0.0).astype(np.float32)
     local = forward_field(chi_in, voxel_size=vsz, b0_dir=b0)
+    if extra is not None:
+        local = local + np.where(mask, extra, 0.0).astype(np.float32)
 
     labels, offset = head_model(mask, voxel_size=vsz)
     fov_labels = labels[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
@@ -508,6 +530,8 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     default_m0[mask] = _M0["brain"]
     default_r2[mask] = (_R2STAR_BRAIN + _R2STAR_PER_PPM * np.abs(chi[mask])) * scale3
     m0_map = _as_map(m0, "m0", shape, default_m0)
+    if profile is not None:
+        m0_map = m0_map * profile
     r2_map = _as_map(r2star, "r2star", shape, default_r2)
     phi0 = _phase_offset(shape, rng) if phase_offset else np.zeros(shape, np.float32)
 
