@@ -65,7 +65,8 @@ def gradient(x, *, voxel_size, out=None):
         o = out[axis]
         np.subtract(x[_sl(axis, 1, None)], x[_sl(axis, None, -1)], out=o[_sl(axis, None, -1)])
         np.subtract(x[_sl(axis, 0, 1)], x[_sl(axis, -1, None)], out=o[_sl(axis, -1, None)])
-        o *= out.dtype.type(1.0 / d)
+        if d != 1.0:  # a pass over memory saved where the scaling is exact
+            o *= out.dtype.type(1.0 / d)
     return out
 
 
@@ -105,7 +106,8 @@ def divergence(g, *, voxel_size, out=None, work=None):
         gi = g[axis]
         np.subtract(gi[_sl(axis, 1, None)], gi[_sl(axis, None, -1)], out=work[_sl(axis, 1, None)])
         np.subtract(gi[_sl(axis, 0, 1)], gi[_sl(axis, -1, None)], out=work[_sl(axis, 0, 1)])
-        work *= out.dtype.type(1.0 / d)
+        if d != 1.0:
+            work *= out.dtype.type(1.0 / d)
         out += work
     return out
 
@@ -233,13 +235,14 @@ def poisson_solver(shape, *, voxel_size, boundary):
     forward, inverse, kind = _TRANSFORMS[boundary]
     shape = shape3(shape)
     vsz = as_voxel_size(voxel_size)
-    eig = np.zeros(shape)
+    eig = 0.0  # broadcast up from the three 1-D spectra: one pass over the full grid
     for axis, n in enumerate(shape):
         view = [1, 1, 1]
         view[axis] = n
         # the 1-D second difference's eigenvalues: pi k / n (DCT-II, k = 0..n-1) or
         # pi k / (n + 1) (DST-I, k = 1..n)
-        theta = np.pi * (np.arange(n) / n if kind == 2 else np.arange(1, n + 1) / (n + 1))
+        k, m = (np.arange(n), n) if kind == 2 else (np.arange(1, n + 1), n + 1)
+        theta = np.pi * k / m
         eig = eig + ((2.0 * np.cos(theta) - 2.0) / (vsz[axis] * vsz[axis])).reshape(view)
     if kind == 2:
         eig[0, 0, 0] = np.inf  # the constant: u gets zero mean

@@ -118,7 +118,7 @@ def cg(A, b, x0=None, *, M=None, tol=1e-3, max_iter=100):
                 z = apply(M, r)
                 rz_new = float(dot(r, z))
             p *= dtype.type(rz_new / rz)
-            axpy(z, p, a=1.0)
+            p += z
             rz = rz_new
     residual = float(np.sqrt(rr / bb)) if bb > 0 else 0.0
     return x.reshape(shape), CGInfo(it, residual, rr <= stop)

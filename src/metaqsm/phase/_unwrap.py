@@ -24,24 +24,32 @@ def _wrap(x):
 # --------------------------------------------------------------------------------------------
 
 def _pair_weights(mask, vsz):
-    """Weights (3, X, Y, Z) of the differences to the next neighbour for the masked Laplacians:
-    ``1 / d^2`` between two voxels of ``mask`` (all voxels for ``None``), 0 across the array
-    border (no flux), which turns the periodic operators of :mod:`metaqsm._fd` into the
-    Neumann problem that the DCT solve assumes."""
-    w = np.empty((3,) + mask.shape, np.float64)
+    """Weights (3, X, Y, Z) of the differences to the next neighbour for the masked Laplacian:
+    ``1 / d^2`` between two voxels of ``mask``, 0 across the array border (no flux), which
+    turns the periodic operators of :mod:`metaqsm._fd` into the Neumann problem that the DCT
+    solve assumes."""
+    w = np.zeros((3,) + mask.shape, np.float64)
     for axis, d in enumerate(vsz):
-        both = np.logical_and(mask, np.roll(mask, -1, axis), out=np.zeros(mask.shape, bool))
-        both[(slice(None),) * axis + (-1,)] = False
-        np.divide(both, d * d, out=w[axis])
+        lo = (slice(None),) * axis + (slice(None, -1),)
+        hi = (slice(None),) * axis + (slice(1, None),)
+        np.divide(mask[lo] & mask[hi], d * d, out=w[axis][lo])
     return w
 
 
-def _wrapped_laplacian(phase, w):
-    """Discrete Laplacian of the true phase from wrapped neighbour differences (unscaled,
-    weighted by :func:`_pair_weights`)."""
-    g = gradient(phase, voxel_size=1.0, out=np.empty(w.shape, np.float64))
-    g = _wrap(g)
-    g *= w
+def _wrapped_laplacian(phase, vsz, w=None):
+    """Discrete Laplacian of the true phase from wrapped neighbour differences: the divergence
+    of the wrapped unscaled gradient weighted by ``w`` (:func:`_pair_weights`), or, without
+    ``w``, by ``1 / d^2`` and 0 across the array border."""
+    g = gradient(phase, voxel_size=1.0, out=np.empty((3,) + phase.shape, np.float64))
+    g += np.pi  # wrapped in place: _wrap without its three temporaries of 3 volumes
+    np.mod(g, TWO_PI, out=g)
+    g -= np.pi
+    if w is not None:
+        g *= w
+    else:
+        for axis, d in enumerate(vsz):
+            g[axis] *= 1.0 / (d * d)
+            g[(axis,) + (slice(None),) * axis + (-1,)] = 0.0
     return divergence(g, voxel_size=1.0, out=np.empty(phase.shape, np.float64))
 
 
@@ -112,13 +120,14 @@ def unwrap_laplacian(phase, *, voxel_size, mask=None, snap=False):
     phase = as_volume(phase, "phase", dtype=np.float64)
     vsz = as_voxel_size(voxel_size)
     m = None if mask is None else as_mask(mask, phase.shape)
-    w = _pair_weights(np.ones(phase.shape, bool) if m is None else m, vsz)
-    rhs = _wrapped_laplacian(phase, w)
     if m is None or m.all():
+        rhs = _wrapped_laplacian(phase, vsz)
         est = poisson_solver(phase.shape, voxel_size=vsz, boundary="neumann")(rhs)
     else:
         # the mask's own zero-flux problem (the box solve alone would treat the outside as
         # flat phase and bend the solution inside)
+        w = _pair_weights(m, vsz)
+        rhs = _wrapped_laplacian(phase, vsz, w)
         est = _poisson_masked(rhs, m, w, vsz)
     est = _align_offset(est, phase, m)
     if snap:
