@@ -19,6 +19,14 @@ def _wrap(x):
     return (x + np.pi) % TWO_PI - np.pi
 
 
+def _pair_slices(axis):
+    """Indices of every voxel that has a next neighbour along ``axis`` (``lo``) and of that
+    neighbour (``hi``), in a 3-D array."""
+    lo = (slice(None),) * axis + (slice(None, -1),)
+    hi = (slice(None),) * axis + (slice(1, None),)
+    return lo, hi
+
+
 # --------------------------------------------------------------------------------------------
 # Laplacian unwrapping
 # --------------------------------------------------------------------------------------------
@@ -30,8 +38,7 @@ def _pair_weights(mask, vsz):
     solve assumes."""
     w = np.zeros((3,) + mask.shape, np.float64)
     for axis, d in enumerate(vsz):
-        lo = (slice(None),) * axis + (slice(None, -1),)
-        hi = (slice(None),) * axis + (slice(1, None),)
+        lo, hi = _pair_slices(axis)
         np.divide(mask[lo] & mask[hi], d * d, out=w[axis][lo])
     return w
 
@@ -145,11 +152,7 @@ def _edges(mask):
     """Index pairs (i, j) of 6-neighbour voxels both in ``mask`` and the slices per axis."""
     out = []
     for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        lo, hi = tuple(lo), tuple(hi)
+        lo, hi = _pair_slices(axis)
         both = mask[lo] & mask[hi]
         out.append((lo, hi, both))
     return out
@@ -170,11 +173,7 @@ def romeo_weights(phase, magnitude=None, phase2=None, te_ratio=None, mask=None):
         sel = magnitude[mask] if mask is not None else magnitude
         mref = float(np.median(sel[sel > 0])) if np.any(sel > 0) else 1.0
     for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        lo, hi = tuple(lo), tuple(hi)
+        lo, hi = _pair_slices(axis)
         d1 = _wrap(phase[hi] - phase[lo])
         w = 1.0 - np.abs(d1) / np.pi
         if phase2 is not None:
