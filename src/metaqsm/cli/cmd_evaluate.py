@@ -25,10 +25,12 @@ reported as "not available" instead of failing.
 
 
 def register(subparsers):
+    from ..evaluate.suites import SUITES
+
     p = add_parser(subparsers, "evaluate", help="evaluate inversions: paper tables, figures, report",
                    description=DESCRIPTION)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--suite", choices=("quick", "paper", "resolution", "orientation", "fansi"),
+    src.add_argument("--suite", choices=SUITES,
                      help="a built-in evaluation suite")
     src.add_argument("--field", metavar="NIFTI",
                      help="a local field (ppm) to evaluate on (with --mask; --reference for metrics)")

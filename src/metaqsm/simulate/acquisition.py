@@ -376,7 +376,8 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
                          echo_times=DEFAULT_ECHO_TIMES, field_strength=3.0, m0=None, r2star=None,
                          snr=100.0, phase_offset=True, background=True, output_voxel_size=None,
                          reduce="kspace", shim_order=2, affine=None, extra_field=None,
-                         receive_profile=None, rng=0):
+                         receive_profile=None, tissue_m0=None, tissue_r2star=None,
+                         intravoxel_dephasing=False, rng=0):
     """Simulate multi-echo gradient-echo magnitude and phase from a susceptibility map.
 
     Steps, on the input (fine) grid: (1) local field = dipole convolution of ``chi`` inside
@@ -439,6 +440,15 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     receive_profile : None or (X, Y, Z) array
         A smooth coil sensitivity multiplying the proton density (default: uniform), so the
         noise relative to the signal varies over the head as on a real receive array.
+    tissue_m0, tissue_r2star : None or (X, Y, Z) arrays
+        Proton density and R2* (1/s, at ``field_strength``) that replace the defaults inside
+        the brain mask only (the head's layers keep theirs), e.g. from tissue fractions, so the
+        magnitude's contrast is not a copy of the susceptibility's.
+    intravoxel_dephasing : bool
+        Attenuate each echo by the dephasing of the field's gradient across the voxel of the
+        simulation grid, ``prod_i sinc(gamma B0 TE (d field / d x_i) dx_i)`` (a linear field
+        within each voxel; Yablonskiy & Haacke 1994): signal loss near air-tissue interfaces,
+        as on a scanner. Default False.
     rng : int or numpy.random.Generator
         Seed of the noise and the phase offset.
 
@@ -503,6 +513,13 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         if profile.shape != shape or np.any(profile < 0):
             raise ValueError(f"receive_profile must be non-negative with the shape of chi "
                              f"{shape}, got shape {profile.shape}")
+    tissue = {}
+    for name, value in (("tissue_m0", tissue_m0), ("tissue_r2star", tissue_r2star)):
+        if value is not None:
+            tissue[name] = as_volume(value, name)
+            if tissue[name].shape != shape or np.any(tissue[name] < 0):
+                raise ValueError(f"{name} must be non-negative with the shape of chi {shape}, "
+                                 f"got shape {tissue[name].shape}")
     rng = np.random.default_rng(rng)
 
     chi_in = np.where(mask, chi, 0.0).astype(np.float32)
@@ -527,18 +544,26 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     for name in ("csf", "skull", "scalp"):
         default_m0[fov_labels == HEAD_LABELS[name]] = _M0[name]
         default_r2[fov_labels == HEAD_LABELS[name]] = _R2STAR[name] * scale3
-    default_m0[mask] = _M0["brain"]
-    default_r2[mask] = (_R2STAR_BRAIN + _R2STAR_PER_PPM * np.abs(chi[mask])) * scale3
+    default_m0[mask] = (tissue["tissue_m0"][mask] if "tissue_m0" in tissue else _M0["brain"])
+    default_r2[mask] = (tissue["tissue_r2star"][mask] if "tissue_r2star" in tissue else
+                        (_R2STAR_BRAIN + _R2STAR_PER_PPM * np.abs(chi[mask])) * scale3)
     m0_map = _as_map(m0, "m0", shape, default_m0)
     if profile is not None:
         m0_map = m0_map * profile
     r2_map = _as_map(r2star, "r2star", shape, default_r2)
+    grads = None
+    if intravoxel_dephasing:
+        # field change across one voxel along each axis (ppm), central differences
+        grads = [np.gradient(total, axis=i).astype(np.float32) for i in range(3)]
     phi0 = _phase_offset(shape, rng) if phase_offset else np.zeros(shape, np.float32)
 
     signal = np.empty(shape + (tes.size,), np.complex64)
     for e, te in enumerate(tes):
         phase = phi0 + ppm_to_rad(total, te, b0_t).astype(np.float32)
         signal[..., e] = (m0_map * np.exp(-r2_map * np.float32(te))) * np.exp(1j * phase)
+        if grads is not None:  # the phase ramp across the voxel, in cycles: sinc's argument
+            for g in grads:
+                signal[..., e] *= np.sinc(ppm_to_rad(g, te, b0_t) / (2.0 * np.pi)).astype(np.float32)
 
     out_vsz_exact = vsz
     out_affine = affine
