@@ -239,6 +239,9 @@ def _pad(where="the FFT grid"):
 _THRESHOLD = Option("threshold", "float", "truncation threshold of |D| (unitless)")
 _MAX_ITER = Option("max_iter", "int", "maximum number of iterations")
 _TOL = Option("tol", "float", "stopping tolerance (relative)")
+_REG_RULE = Option("reg_rule", "str", "regularisation weight: fixed (as given) or discrepancy "
+                   "(searched so the residual matches the field noise, noise_std or estimated)",
+                   choices=("fixed", "discrepancy"))
 _NETWORK_OPTIONS = (
     Option("weights", "path", "network checkpoint (.safetensors; default: the shipped model)"),
     Option("device", "device", "device for the network: cpu or cuda[:N]"),
@@ -293,6 +296,18 @@ INVERSIONS = {m.name: m for m in (
                     Option("rho", "float", "ADMM penalty (default 100 lam)"),
                     Option("tol", "float", "ADMM stopping tolerance"),
                     Option("max_iter", "int", "ADMM iterations"),
+                    _pad())),
+    Method("rts", "inversion.rts:rts", "classical", "RTS",
+           "rapid two-step inversion: LSMR on the well-conditioned k-space, TV fills the cone "
+           "(Kames et al. 2018)",
+           inputs=("noise_std",),
+           options=(Option("delta", "float", "|D| above which k-space is well conditioned"),
+                    Option("mu", "float", "weight of the well-conditioned data term, 1/ppm"),
+                    Option("rho", "float", "initial ADMM penalty"),
+                    Option("tol", "float", "ADMM stopping tolerance (relative change of chi)"),
+                    Option("max_iter", "int", "ADMM iterations"),
+                    Option("lsmr_iter", "int", "LSMR iterations of the well-conditioned step"),
+                    _REG_RULE,
                     _pad())),
     Method("meta", "dl.infer:invert_meta", "network", "Meta-QSM",
            "3D U-Net with weights predicted from the voxel size and B0 direction (Meta-QSM)",
