@@ -103,6 +103,11 @@ class Method:
     shipped : tuple of str
         Networks: the names of the models shipped for it in ``metaqsm/models/`` (file
         ``NAME.safetensors`` with its card ``NAME.json``), first the default.
+    preflight : str, optional
+        ``"module:function"`` called as ``function(method, voxel_size=..., options=...)`` by
+        :meth:`check_ready` before any work, raising ``ValueError`` (naming the Python
+        argument) when the method cannot run on this data with these options (a network
+        without torch or without a model for the voxel size, a CUDA device on a CPU build).
     """
 
     name: str
@@ -113,6 +118,7 @@ class Method:
     inputs: tuple = ()
     options: tuple = field(default_factory=tuple)
     shipped: tuple = ()
+    preflight: str | None = None
 
     @property
     def is_network(self):
@@ -157,6 +163,15 @@ class Method:
     def inputs_from(self, available):
         """The entries of ``available`` (input name -> array or None) this method takes."""
         return {k: v for k, v in available.items() if k in self.inputs and v is not None}
+
+    def check_ready(self, *, voxel_size, options=None):
+        """Raise before any work if the method cannot run on data of ``voxel_size`` (mm) with
+        ``options`` (its :attr:`preflight` check; the function's import for every method)."""
+        self.function()
+        if self.preflight is not None:
+            module, func = self.preflight.split(":")
+            check = getattr(importlib.import_module(f"metaqsm.{module}"), func)
+            check(self, voxel_size=voxel_size, options=dict(options or {}))
 
 
 def parse_option_value(opt, value):
@@ -309,13 +324,38 @@ INVERSIONS = {m.name: m for m in (
                     Option("lsmr_iter", "int", "LSMR iterations of the well-conditioned step"),
                     _REG_RULE,
                     _pad())),
+    Method("ndi", "inversion.ndi:ndi", "classical", "NDI",
+           "nonlinear dipole inversion, gradient descent on ||W (exp(i D chi) - exp(i phi))||^2 "
+           "(Polak et al. 2020)",
+           inputs=("magnitude", "noise_std"),
+           options=(Option("lam", "float", "Tikhonov weight (unitless, for stability)",
+                           flag="--lambda"),
+                    Option("tau", "float", "gradient-descent step"),
+                    Option("max_iter", "int", "gradient steps (early stopping regularises)"),
+                    Option("tol", "float", "relative step at which to stop"),
+                    Option("field_strength", "float", "main field in tesla (ppm <-> rad scale)"),
+                    Option("delta_te", "float", "echo spacing in seconds (ppm <-> rad scale)"),
+                    _pad())),
+    Method("nltv", "inversion.nltv:nltv", "classical", "nlTV",
+           "nonlinear total variation by ADMM, FANSI's nlTV (Milovic et al. 2018)",
+           inputs=("magnitude", "noise_std"),
+           options=(Option("lam", "float", "TV weight, ppm mm (as tv)", flag="--lambda"),
+                    Option("rho", "float", "ADMM penalty of grad chi (default 100 lam)"),
+                    Option("mu", "float", "ADMM penalty of the nonlinear data term"),
+                    Option("tol", "float", "ADMM stopping tolerance (relative change of chi)"),
+                    Option("max_iter", "int", "ADMM iterations"),
+                    Option("field_strength", "float", "main field in tesla (ppm <-> rad scale)"),
+                    Option("delta_te", "float", "echo spacing in seconds (ppm <-> rad scale)"),
+                    _REG_RULE,
+                    _pad())),
     Method("meta", "dl.infer:invert_meta", "network", "Meta-QSM",
            "3D U-Net with weights predicted from the voxel size and B0 direction (Meta-QSM)",
-           inputs=("weights",), options=_NETWORK_OPTIONS, shipped=("meta",)),
+           inputs=("weights",), options=_NETWORK_OPTIONS, shipped=("meta",),
+           preflight="dl.infer:check_network"),
     Method("mesa", "dl.infer:invert_mesa", "network", "Mesa-QSM",
            "the same U-Net with plain convolutions, one model per resolution",
            inputs=("weights",), options=_NETWORK_OPTIONS,
-           shipped=("mesa-0.5x0.5x2", "mesa-0.7639x0.7639x3")),
+           shipped=("mesa-0.5x0.5x2", "mesa-0.7639x0.7639x3"), preflight="dl.infer:check_network"),
 )}
 
 BGREMOVALS = {m.name: m for m in (
