@@ -388,9 +388,9 @@ def discrepancy_search(solve, chi2, lam0, *, max_solves=8, rtol=0.1, factor=10.0
     -------
     (lam, x)
         The weight whose ``chi2`` came closest to 1 (in log scale) and its solution. If 1 is
-        never bracketed (the budget ran out, or ``chi2`` changed by less than 1 % over a
-        step of ``factor``, as when the solver cannot fit the data any closer), the weight
-        tried whose ``chi2`` came closest.
+        never bracketed (the budget ran out, or ``chi2 > 1`` changed by less than 1 % when
+        ``lam`` was divided by ``factor``, as when the solver cannot fit the data any
+        closer), the weight tried whose ``chi2`` came closest.
     """
     bar = _common.progress_bar(max_solves, progress, desc + " (discrepancy)")
     tried = []  # (log lam, log chi2, x)
@@ -412,8 +412,8 @@ def discrepancy_search(solve, chi2, lam0, *, max_solves=8, rtol=0.1, factor=10.0
             a, ga = b, gb
             b = a + step
             gb = run(float(np.exp(b)))
-            if abs(gb - ga) < 0.01:  # chi2 no longer moves with lam: 1 is out of reach
-                break
+            if step < 0 and abs(gb - ga) < 0.01:  # less regularisation no longer lowers
+                break                                 # chi2: 1 is out of reach
         side = 0
         while len(tried) < max_solves and abs(np.expm1(gb)) > rtol and np.sign(ga) != np.sign(gb):
             c = b - gb * (b - a) / (gb - ga)
