@@ -7,6 +7,7 @@ import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -284,3 +285,25 @@ def test_classical_commands_work_without_torch(data, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert out.exists()
+
+
+def test_unreadable_inputs_and_outputs_are_one_line_errors(data, tmp_path, capsys):
+    """issue 17: a truncated .nii.gz and an output folder that cannot be written."""
+    import os
+
+    whole = Path(data["field_path"]).read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    err = run_error(capsys, _invert(data, tmp_path / "o.nii.gz", field=str(cut)))
+    assert "cannot read" in err and "cut.nii.gz" in err and "Traceback" not in err
+    assert not (tmp_path / "o.nii.gz").exists()
+    if os.geteuid() == 0:
+        pytest.skip("root may write into a read-only folder: the permission check cannot fail")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        err = run_error(capsys, _invert(data, ro / "c.nii.gz"))
+        assert "permission denied" in err and "not writable" in err
+    finally:
+        ro.chmod(0o700)

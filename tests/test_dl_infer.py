@@ -202,3 +202,37 @@ def test_cli_invert_meta_with_weights(case, tmp_path, capsys):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_network_preflight_fails_before_any_work(case, tmp_path, capsys, monkeypatch):
+    """issue 17: a Mesa model missing for the voxel size, a CUDA device on a CPU build and a
+    checkpoint of the wrong network are refused before the field is inverted."""
+    import nibabel as nib
+
+    from metaqsm.cli import main
+    from metaqsm.methods import inversion
+
+    chi, field, mask = case
+    aff = np.diag([*VSZ, 1.0])
+    nib.save(nib.Nifti1Image(field.astype(np.float32), aff), str(tmp_path / "f.nii.gz"))
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), aff), str(tmp_path / "m.nii.gz"))
+    base = ["invert", str(tmp_path / "f.nii.gz"), "--mask", str(tmp_path / "m.nii.gz"),
+            "-o", str(tmp_path / "x.nii.gz")]
+    called = []
+    import metaqsm.dl.infer as infer
+
+    monkeypatch.setattr(infer, "reconstruct", lambda *a, **k: called.append(1))
+    assert main(base + ["--method", "mesa"]) == 2
+    assert "no shipped Mesa-QSM model for voxel size (1.0, 1.0, 1.5) mm" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(base + ["--method", "meta", "--device", "cuda"]) == 2
+        assert "--device cuda is not available" in capsys.readouterr().err
+    meta_path = tmp_path / "meta.safetensors"
+    save_checkpoint(meta_path, _tiny_meta())
+    assert main(base + ["--method", "mesa", "--weights", str(meta_path)]) == 2
+    assert "hold a 'meta' network, but method 'mesa' needs a 'mesa' one" in capsys.readouterr().err
+    assert called == [] and not (tmp_path / "x.nii.gz").exists()
+    # the library says the same in its own words
+    with pytest.raises(ValueError, match="no shipped Mesa-QSM model"):
+        inversion("mesa").check_ready(voxel_size=VSZ, options={})
+    inversion("meta").check_ready(voxel_size=VSZ, options={"weights": str(meta_path)})

@@ -183,7 +183,10 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
     if inversion_method is not None:
         inv_method, inversion_options = _checked_method(inversion, inversion_method,
                                                         inversion_options, "inversion")
-        inv_method.function()  # a network without torch fails here, not after the echo fit
+        try:  # a network without torch, a model or its device fails here, not after the fit
+            inv_method.check_ready(voxel_size=vsz, options=inversion_options)
+        except ValueError as exc:
+            raise ValueError(f"inversion_method {inversion_method} cannot run here: {exc}") from None
     mask_options = dict(mask_options or {})
 
     timings, params = {}, {}

@@ -75,6 +75,10 @@ def main(argv=None) -> int:
         flags = {**_flags(parser, args.command), **getattr(args, "flag_aliases", {})}
         print(f"metaqsm {args.command}: error: {translate(msg, flags)}", file=sys.stderr)
         return EXIT_USAGE
+    except PermissionError as exc:  # e.g. a read-only output folder
+        print(f"metaqsm {args.command}: error: permission denied: {exc.filename or exc}; "
+              "nothing was written", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"metaqsm {args.command}: interrupted; no partial output was kept", file=sys.stderr)
         return 130

@@ -208,6 +208,7 @@ def run_invert(args):
                          f"{args.field} has shape {f.shape}")
     m = as_mask(mask_vol.data, f.shape, "--mask")
     vsz, b0 = _common.geometry(field, args)
+    method.check_ready(voxel_size=vsz, options=chosen)  # e.g. a model for this voxel size
 
     kwargs = dict(chosen)
     if args.magnitude is not None:

@@ -331,6 +331,10 @@ def run_run(args):
                      b0_dir=args.b0_dir)
     mag, ph, tes, b0 = check_inputs(scan.magnitude, scan.phase, scan.echo_times,
                                     scan.field_strength)
+    try:  # before any work: a model for this voxel size, its device
+        method.check_ready(voxel_size=scan.voxel_size, options=inv_opts)
+    except ValueError as exc:
+        raise ValueError(f"--method {args.method} cannot run here: {exc}") from None
     inputs = dict(scan.inputs)
     mask = None
     if args.mask is not None:

@@ -365,3 +365,40 @@ def invert_mesa(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), weights=None
     return reconstruct(net, field, mask, voxel_size=voxel_size, b0_dir=b0_dir, tile=tile,
                        device=device or "cpu", refine=refine, refine_iter=refine_iter,
                        refine_mu=refine_mu)
+
+
+def check_network(method, *, voxel_size, options):
+    """Preflight of the network methods (:attr:`metaqsm.methods.Method.preflight`): everything
+    that would otherwise fail after minutes of work, checked first.
+
+    Raises ``ValueError`` naming the argument: a CUDA ``device`` on a build or machine without
+    CUDA, a ``weights`` file that is missing or holds another network, no shipped model
+    installed for the method, or (Mesa-QSM) no shipped model at ``voxel_size``.
+    """
+    import torch
+
+    from .registry import SHIPPED, read_checkpoint_info, shipped_path
+
+    device = str(options.get("device") or "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device} is not available: this torch build "
+                         f"({torch.__version__}) or machine has no CUDA; use device cpu")
+    weights = options.get("weights")
+    if weights is not None and str(weights) not in SHIPPED:
+        from pathlib import Path
+
+        if not Path(weights).is_file():
+            raise ValueError(f"weights: no such file: {weights}")
+        name = read_checkpoint_info(weights).get("model")
+        if name != method.name:
+            raise ValueError(f"weights {weights} hold a {name!r} network, but method "
+                             f"{method.name!r} needs a {method.name!r} one")
+        return
+    if method.name == "mesa" and weights is None:
+        name = _shipped_mesa_for(voxel_size)
+    else:
+        name = weights if weights is not None else method.shipped[0]
+    try:
+        shipped_path(name)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None

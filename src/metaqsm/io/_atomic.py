@@ -20,7 +20,7 @@ def check_output_paths(paths, *, force=False):
     """Fail before any work starts if an output exists (without ``force``) or its folder is
     missing.
 
-    Raises ``FileExistsError`` or ``FileNotFoundError`` naming the path.
+    Raises ``FileExistsError``, ``FileNotFoundError`` or ``PermissionError`` naming the path.
     """
     for path in paths:
         p = Path(path)
@@ -29,6 +29,8 @@ def check_output_paths(paths, *, force=False):
         parent = p.parent if str(p.parent) else Path(".")
         if not parent.exists():
             raise FileNotFoundError(f"output folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "the output folder is not writable", str(parent))
 
 
 def _umask():

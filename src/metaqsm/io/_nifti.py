@@ -82,7 +82,11 @@ def load_nifti(path, *, name="input", ndim=(3, 4), dtype=np.float32):
         img = nib.load(str(p))
     except Exception as exc:  # nibabel raises several types for unreadable files
         raise ValueError(f"{name}: cannot read {p} as NIfTI ({exc})") from None
-    data = np.asanyarray(img.dataobj)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # truncated .nii.gz (EOFError, zlib.error), short .nii (OSError)
+        raise ValueError(f"{name}: cannot read the voxels of {p}: the file is truncated or "
+                         f"corrupt ({type(exc).__name__}: {exc})") from None
     ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     # A trailing singleton 4th/5th dimension (common in converters) is squeezed.
     while data.ndim > 3 and data.shape[-1] == 1 and data.ndim not in ndims:

@@ -26,7 +26,8 @@ ranges the literature reports:
      (Luo et al. 2010; Leutritz et al. 2013 put the exchange term at about 0.01 ppm).
 3. **Acquisition** (:func:`metaqsm.simulate.acquisition.simulate_acquisition`): the head's
    background field (skull, sinuses, mastoid air), second-order shim, T2* decay (R2* from the
-   susceptibility), a smooth receive-phase offset, a smooth receive-sensitivity profile, complex
+   susceptibility), a smooth receive-phase offset, a receive-sensitivity profile brighter at the
+   surface than in the centre (1.5-2.5x, as multi-channel head coils), complex
    noise at a first-echo SNR of 25-50 in the brain at the output voxel size (clinical 3 T
    multi-echo GRE), all on the 1 mm grid and then reduced to the output voxel size (thick slices
    average the field within the voxel, as a scanner does). B0 may be tilted.
@@ -97,7 +98,8 @@ class RealisticConfig:
     exchange: tuple = (-0.010, 0.0)
     fibre_correlation_mm: float = 10.0
     snr: tuple = (25.0, 50.0)
-    receive_bias: float = 0.25
+    receive_periphery: tuple = (0.5, 1.5)
+    receive_bias: float = 0.15
     mask_error_mm: float = 1.5
     rotation_deg: float = 8.0
     scale: tuple = (0.92, 1.08)
@@ -191,6 +193,21 @@ def microstructure_field(weight, directions, *, amplitude, b0_dir=(0.0, 0.0, 1.0
     cos = n @ as_b0_dir(b0_dir).astype(np.float32)
     return (-np.float32(amplitude) * np.asarray(weight, np.float32)
             * (np.float32(1.0) - cos * cos)).astype(np.float32)
+
+
+def _receive_profile(mask, vsz, config, rng):
+    """A multi-channel head coil's sensitivity: brighter near the surface than in the centre,
+    ``1 + a (r / R)^2`` with ``a`` drawn from ``config.receive_periphery`` (r the distance from the
+    brain's centre, R its mean radius), times a smooth random variation of relative size
+    ``config.receive_bias``."""
+    idx = np.indices(mask.shape, dtype=np.float32)
+    centre = np.array([idx[i][mask].mean() for i in range(3)])
+    r2 = sum(((idx[i] - centre[i]) * vsz[i]) ** 2 for i in range(3))
+    radius2 = float(r2[mask].mean()) * 5.0 / 3.0  # <r^2> of a ball is 3/5 R^2
+    a = rng.uniform(*config.receive_periphery)
+    profile = (1.0 + a * r2 / radius2) * (1.0 + config.receive_bias
+                                           * _smooth_noise(mask.shape, 40.0 / vsz[0], rng))
+    return np.clip(profile, 0.3, None).astype(np.float32)
 
 
 def _tilted_b0(tilt_deg, rng):
@@ -331,8 +348,7 @@ def realistic_case(index, *, output_voxel_size=(1.0, 1.0, 1.0), b0_tilt_deg=0.0,
     extra = sum(parts.values()).astype(np.float32)
     # tissue proton density (CSF 1, grey 0.85, white 0.7) times a smooth receive profile
     shape = scene["chi"].shape
-    bias = 1.0 + config.receive_bias * _smooth_noise(shape, 40.0 / vsz[0], rng)
-    bias = np.clip(bias, 0.4, 1.8).astype(np.float32)
+    bias = _receive_profile(scene["mask"], vsz, config, rng)
     p["snr"] = float(rng.uniform(*config.snr))
     p["b0_dir"] = [float(v) for v in b0]
     cos = fibres @ b0.astype(np.float32)
