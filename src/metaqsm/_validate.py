@@ -110,7 +110,7 @@ def as_field_inputs(field, mask, voxel_size, b0_dir, *, field_name="field", mask
 
 # ----------------------------------------------------------------------------- acquisitions
 PHASE_TOL = 1e-3  # rad: float32 rounding of +-pi from converters
-PHASE_MIN_SPAN = 0.05  # rad: real phase images reach far beyond this (noise, fields, offsets)
+PHASE_MIN_SPAN = 0.05  # rad: below this, values are never radians (arbitrary units scaled down)
 
 
 def fmt_values(values):
@@ -121,35 +121,31 @@ def fmt_values(values):
 def check_phase_radians(phase, name="phase"):
     """Refuse phase that is not wrapped radians (in [-pi, pi] or [0, 2 pi]).
 
-    Scanner units are recognised in the message: Siemens stores -4096..4095, GE and Philips
-    often milliradians (-3142..3142), some tools degrees. Phase whose largest magnitude is below
-    0.05 rad is refused too: a real phase image spans about -pi..pi (if only through the noise
-    outside the head), so such values are arbitrary units scaled down.
+    The check every computation applies to the phase it is given (``run_pipeline``, the echo
+    fit, unwrapping). Where phase is read from files the full rule of
+    :func:`metaqsm.units.phase_to_radians` (``phase_units``) has already been applied, which
+    also refuses a phase spanning less than pi unless told ``"radians-unchecked"``; here only
+    values that cannot be radians at all are refused: outside both ranges (the message names
+    the unit they look like: Siemens -4096..4095, milliradians, degrees) or spanning less than
+    ``PHASE_MIN_SPAN`` (0.05 rad: arbitrary units scaled down).
     """
+    from .units import phase_range_guess
+
     lo, hi = float(np.min(phase)), float(np.max(phase))
-    span = max(abs(lo), abs(hi))
-    if span < PHASE_MIN_SPAN:
-        # wrapped phase spans about -pi..pi (noise outside the head alone does); values this
-        # small are scanner units scaled down, not radians
+    if hi - lo < PHASE_MIN_SPAN:
         raise ValueError(
             f"{name} must be wrapped phase in radians (-pi..pi), got values only in "
             f"[{lo:.4g}, {hi:.4g}]: it does not look like radians (arbitrary units?); rescale it "
-            "to radians, or set phase_units auto to rescale by pi/max|phase|")
+            "to radians, or set phase_units \"arbitrary\" to rescale by pi/max|phase|")
     ok_signed = lo >= -np.pi - PHASE_TOL and hi <= np.pi + PHASE_TOL
     ok_positive = lo >= -PHASE_TOL and hi <= 2 * np.pi + PHASE_TOL
     if ok_signed or ok_positive:
         return
-    if span <= 180.5:
-        guess = "degrees? multiply by pi/180"
-    elif span <= 1000 * np.pi + 1:
-        guess = "milliradians? divide by 1000"
-    elif span <= 4096.5:
-        guess = "Siemens scanner units? multiply by pi/4096"
-    else:
-        guess = "rescale it to radians"
-    raise ValueError(
-        f"{name} must be wrapped phase in radians (-pi..pi), got values in [{lo:.4g}, {hi:.4g}] "
-        f"({guess}; or set phase_units auto to rescale by pi/max|phase|)")
+    guess, words = phase_range_guess(lo, hi)
+    hint = (f"{words}? set phase_units \"auto\" (or \"{guess}\")" if guess is not None else
+            f"{words}; rescale it to radians, or set phase_units \"arbitrary\"")
+    raise ValueError(f"{name} must be wrapped phase in radians (-pi..pi), got values in "
+                     f"[{lo:.4g}, {hi:.4g}] ({hint})")
 
 
 def check_acquisition(magnitude, phase, echo_times, field_strength):
