@@ -23,8 +23,10 @@ from metaqsm.simulate.phantoms import brain_phantom
 NOISE_PPM = 0.002  # field noise: about 1/6 of the field's standard deviation in the mask
 
 # Upper bounds of the RMSE (%) with default parameters; measured values on this case:
-# tkd 41, tsvd 60, tikhonov 44, ilsqr 29, medi 20, tv 35.
-BOUNDS = {"tkd": 47.0, "tsvd": 66.0, "tikhonov": 49.0, "ilsqr": 36.0, "medi": 27.0, "tv": 41.0,
+# tkd 41, tsvd 60, tikhonov 44, ilsqr 39, medi 20, tv 35. iLSQR's step 1 now solves the square
+# system D W D of STI Suite / QSM.m (29 % with the rectangular sqrt(W) D, which on realistic
+# data is 10-30 % worse): on this clean case it damps the cone more, hence 44 (was 36).
+BOUNDS = {"tkd": 47.0, "tsvd": 66.0, "tikhonov": 49.0, "ilsqr": 44.0, "medi": 27.0, "tv": 41.0,
           "rts": 50.0, "ndi": 52.0, "nltv": 39.0}
 
 
@@ -67,7 +69,10 @@ def test_method_recovers_phantom(name, results, case):
     assert err < BOUNDS[name]
 
 
-@pytest.mark.parametrize("name", ["ilsqr", "medi", "tv"])
+# iLSQR is not here: the reference algorithm (square system, STI Suite's stopping) is on par
+# with TKD on a clean field (39 vs 41 %); it beats TKD on realistic data, which
+# tests/test_inversion_medi_ilsqr.py checks.
+@pytest.mark.parametrize("name", ["medi", "tv"])
 def test_regularised_methods_beat_tkd(name, results):
     assert results[name][1] < results["tkd"][1] - 3.0
 

@@ -23,8 +23,9 @@ def ilsqr(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-2, max_iter
           tol_lsqr=1e-2, max_iter_lsqr=50, threshold_cone=0.1, pad=0, progress=False):
     """iLSQR dipole inversion (Li et al., NeuroImage 2015), all four steps.
 
-    1. **Weighted LSQR** (Eqs. 6-7): ``min ||W^(1/2) (D chi - f)||^2`` by LSQR (early
-       stopping at ``tol_lsqr`` / ``max_iter_lsqr`` regularises it), with the weight ``W``
+    1. **Weighted LSQR** (Eqs. 6-7): the weighted normal equations ``D W D chi = D W f``
+       solved by LSQR as a square system, as STI Suite and QSM.m do (early stopping at
+       ``tol_lsqr`` / ``max_iter_lsqr`` regularises it), with the weight ``W``
        equal to 1 where the Laplacian of the field is below its 60th percentile in the mask,
        falling linearly to 0 at the 99.9th percentile (unreliable phase has a large
        Laplacian), and 1 outside the mask, where the local field is zero.
@@ -42,12 +43,34 @@ def ilsqr(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-2, max_iter
     4. **Subtraction**: ``chi = mask * (chi_lsqr - chi_sa)``.
 
     The percentiles, thresholds and tolerances are the defaults of the authors' STI Suite as
-    reproduced in QSM.m (kamesy). Choices made here: the Laplacian of step 1 is signed, as in
-    those codes, while the gradient weights of step 3 use |gradient| (a signed gradient would
-    treat strong negative edges as artifact-free, which tested far worse on phantoms); step 1
-    runs LSQR on the rectangular weighted system (2 FFT pairs per iteration) rather than on
-    its normal equations, which reaches a lower error in the same number of iterations; the
-    scale and offset of step 2 are fitted over the mask only.
+    reproduced in QSM.m (kamesy). Where this implementation differs from QSM.m, and why:
+
+    * Step 1 is LSQR on the square system ``D W D`` as in QSM.m. (Until version 0.x it was
+      LSQR on the rectangular ``sqrt(W) D``: the same least-squares solution, but LSQR then
+      works on the singular values of ``D`` instead of their squares and, stopped early,
+      leaves far more of the cone's noise and streaking. RMSE against the truth on realistic
+      data, rectangular -> square: FANSI phantom with edge noise 84.2 -> 71.5 %, with edge
+      background residue 120.9 -> 93.0 %, pipeline-processed realistic 2 mm cases 96.8 -> 87.7
+      and 136.2 -> 119.7 %; on clean phantoms it costs: FANSI 49.3 -> 51.1 %, the small test
+      phantom 29 -> 39 %.)
+    * LSQR stops as MATLAB's ``lsqr`` does in STI Suite and QSM.m: ``||r|| <= tol_lsqr ||b||``
+      or ``max_iter_lsqr`` iterations (on real-like fields the residual rule is not met, so
+      all 50 run). SciPy's Paige-Saunders rule (``atol = tol``) would stop after 13-20: more
+      robust on the realistic cases (2 mm: 79.5 vs 87.7 %, 104.4 vs 119.7 %) but much worse
+      on clean data (small test phantom 58 vs 39 %; TKD 41 %). The reference's rule is kept
+      because it is the one whose real-brain score is known (QSM.m's port: 67.9 % RMSE against
+      COSMOS); ``max_iter_lsqr`` of 15-20 gives the more damped variant. MATLAB's second test
+      (``||A^T r|| / (||A|| ||r||) <= tol``) is not available in SciPy; it stays near 0.45 after
+      50 iterations, far from 0.01, so it never fires at the defaults.
+    * The Laplacian of step 1 is the periodic 7-point one of the zero-filled field, not QSM.m's
+      one-sided stencils at the mask edge (no measurable difference: 84.2 vs 84.1 %); the
+      weights are signed, as in those codes.
+    * The gradient weights of step 3 use |gradient| per direction; QSM.m uses the signed
+      gradient, which treats strong negative edges as artifact-free (worse everywhere: edge
+      noise 71.5 -> 79.1 %, clean 58.2 -> 66.7 %, measured with the Paige-Saunders stop).
+    * The scale and offset of step 2 are fitted over the mask (QSM.m: over the whole volume).
+      It cannot matter: step 2 only feeds the percentile weights of step 3, which are
+      invariant to a positive scale and an offset.
 
     Parameters
     ----------
@@ -128,24 +151,29 @@ def _conv(x, K, shape):
 
 
 def _weighted_lsqr(fp, mp, D, vsz, tol, max_iter):
-    """Step 1: LSQR on min ||sqrt(w) (D chi - f)||, w from the field's Laplacian (Eq. 7)."""
+    """Step 1: LSQR on the weighted normal equations ``D W D chi = D W f`` (Eqs. 6-7).
+
+    As STI Suite and QSM.m, LSQR is given the square symmetric system, not the rectangular
+    ``sqrt(W) D chi = sqrt(W) f``: both have the same least-squares solution, but LSQR on the
+    square system sees the squared singular values, so early stopping damps the ill-conditioned
+    cone far more (less streaking and noise; measured in the module docstring).
+    """
     shape = fp.shape
     n = fp.size
     w = _common.ramp_weights(laplacian(fp, voxel_size=vsz), mp, 60.0, 99.9)
     w[~mp] = 1.0  # the local field is zero outside the mask: fit it there with full weight
-    sw = np.sqrt(w).ravel()
 
-    def matvec(x):
-        return (sw * _conv(x, D, shape).ravel()).astype(_VEC, copy=False)
+    def apply_a(x):  # D W D, symmetric: also its own adjoint
+        y = _conv(x, D, shape)
+        y *= w
+        return fft_convolve(y, D).ravel().astype(_VEC, copy=False)
 
-    def rmatvec(y):
-        out = _conv(sw * np.asarray(y, np.float32).ravel(), D, shape)
-        return out.ravel().astype(_VEC, copy=False)
-
-    A = LinearOperator((n, n), matvec=matvec, rmatvec=rmatvec, dtype=_VEC)
+    A = LinearOperator((n, n), matvec=apply_a, rmatvec=apply_a, dtype=_VEC)
     with np.errstate(over="ignore"):
-        b = (sw * fp.ravel()).astype(_VEC, copy=False)
-        x = lsqr(A, b, atol=tol, btol=tol, iter_lim=max_iter)[0]
+        b = fft_convolve(w * fp, D).ravel().astype(_VEC, copy=False)
+        # MATLAB's rule (STI Suite, QSM.m): stop when ||r|| <= tol ||b||; SciPy's atol would
+        # add Paige and Saunders' ||A|| ||x|| term, which stops after a third of the iterations
+        x = lsqr(A, b, atol=0.0, btol=tol, iter_lim=max_iter)[0]
     return (x.reshape(shape) * mp).astype(np.float32)
 
 
