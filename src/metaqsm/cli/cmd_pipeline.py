@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..units import PHASE_UNITS
 from . import _common
 
 DEFAULT_EXAMPLE_SHAPE = (128, 128, 64)
@@ -32,9 +33,12 @@ def _add_acquisition_args(p, *, required_magnitude=True):
                         "the phase files)")
     p.add_argument("--field-strength", type=float, default=None, metavar="T",
                    help="main field in tesla (default: MagneticFieldStrength of the sidecars)")
-    p.add_argument("--phase-units", choices=("radians", "auto"), default="radians",
-                   help="'radians' refuses phase that is not radians; 'auto' rescales "
-                        "scanner units: signed by pi/max|phase|, non-negative by 2 pi/max")
+    p.add_argument("--phase-units", choices=PHASE_UNITS, default="radians",
+                   help="NIfTI phase units: 'radians' takes -pi..pi or 0..2 pi spanning at "
+                        "least pi; 'auto' also maps vendor ranges exactly (Siemens -4096..4095 "
+                        "or 0..4095, milliradians, degrees, 16-bit); 'radians-unchecked' skips "
+                        "the span check; 'arbitrary' rescales by pi/max|phase|; or name the "
+                        "unit (docs/pipeline.md, 'Phase units')")
 
 
 def _add_options_arg(p, flag, what):
@@ -174,8 +178,8 @@ def register(subparsers):
     p.add_argument("--magnitude", default=None, help="magnitude NIfTI (guides ROMEO)")
     p.add_argument("--mask", default=None, help="mask NIfTI")
     p.add_argument("--method", default=DEFAULT_UNWRAP, metavar="romeo|laplacian", help="unwrapper")
-    p.add_argument("--phase-units", choices=("radians", "auto"), default="radians",
-                   help="'auto' rescales scanner units to radians (see metaqsm run)")
+    p.add_argument("--phase-units", choices=PHASE_UNITS, default="radians",
+                   help="phase units (see metaqsm run --help)")
     p.add_argument("-o", "--output", required=True, help="unwrapped phase NIfTI (rad)")
     _common.add_geometry_args(p)
     _common.add_force_arg(p)

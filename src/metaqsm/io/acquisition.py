@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import as_b0_dir, as_mask, as_voxel_size
-from ..units import phase_to_radians
+from ..units import PHASE_UNITS, phase_to_radians
 from ._nifti import load_nifti
 from .derivatives import sidecar_path
 
@@ -127,8 +127,13 @@ def load_scan(magnitude=None, phase=None, *, dicom=None, series=None, echo_times
         Seconds; overrides the files.
     field_strength : float, optional
         Tesla; overrides the files.
-    phase_units : {"radians", "auto"}
-        NIfTI phase units (:func:`metaqsm.units.phase_to_radians`).
+    phase_units : str
+        Units of NIfTI phase, one of :data:`metaqsm.units.PHASE_UNITS` (default "radians":
+        radians in [-pi, pi) or [0, 2 pi), spanning at least pi; "auto" also recognises vendor
+        ranges exactly; "radians-unchecked" skips the span check; "arbitrary" rescales by
+        pi/max|phase|): the one rule of :func:`metaqsm.units.phase_to_radians`. Checked
+        before any file is read. DICOM phase is mapped by the vendor rules of
+        :func:`metaqsm.io.dicom.read_dicom_series` and this argument is not used.
     voxel_size, b0_dir : 3 floats, optional
         Override the header's voxel size (mm) and the affine's B0 direction.
 
@@ -149,6 +154,9 @@ def load_scan(magnitude=None, phase=None, *, dicom=None, series=None, echo_times
         raise ValueError("give magnitude and phase (NIfTI), or dicom (a folder)")
     if dicom is not None and (magnitude is not None or phase is not None):
         raise ValueError("give either dicom or magnitude and phase, not both")
+    if phase_units not in PHASE_UNITS:
+        raise ValueError(f"phase_units must be one of {', '.join(PHASE_UNITS)}, got "
+                         f"{phase_units!r}")
     vsz = None if voxel_size is None else as_voxel_size(voxel_size)
     b0d = None if b0_dir is None else as_b0_dir(b0_dir)
     if dicom is not None:
@@ -163,7 +171,8 @@ def load_scan(magnitude=None, phase=None, *, dicom=None, series=None, echo_times
                              "MagneticFieldStrength; give it in tesla")
         return Scan(d.magnitude, d.phase, tes, b0, d.voxel_size if vsz is None else vsz,
                     d.b0_dir if b0d is None else b0d, d.affine, None,
-                    {"dicom": str(dicom), "series": series})
+                    {"dicom": str(dicom), "series": series,
+                     "PhaseUnits": "radians (DICOM vendor rules, through dcm2niix)"})
 
     magnitude, phase = _as_list(magnitude), _as_list(phase)
     mag, _, te_m, b0_m = load_echoes(magnitude, "magnitude")
@@ -185,6 +194,7 @@ def load_scan(magnitude=None, phase=None, *, dicom=None, series=None, echo_times
         raise ValueError("field strength is missing: give field_strength in tesla or put "
                          "MagneticFieldStrength in the JSON sidecar beside the phase")
     ph, scale = phase_to_radians(ph, phase_units)
+    inputs["PhaseUnits"] = phase_units
     if scale != 1.0:
         inputs["PhaseScale"] = scale
     direction = ph_vol.b0_dir if b0d is None else b0d
