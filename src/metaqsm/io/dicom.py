@@ -131,12 +131,16 @@ def _dcm2niix():
 def _prepare_input(folder, tmp):
     """``folder`` itself, or a mirror of it in ``tmp`` with ``*.gz`` files decompressed."""
     files = [p for p in folder.rglob("*") if p.is_file()]
-    if not any(p.name.lower().endswith(".gz") for p in files):
+    def packed(p):  # a gzip-compressed DICOM file (not a NIfTI beside it)
+        name = p.name.lower()
+        return name.endswith(".gz") and not name.endswith((".nii.gz", ".tar.gz"))
+
+    if not any(packed(p) for p in files):
         return folder
     mirror = tmp / "in"
     for p in files:
         rel = p.relative_to(folder)
-        if p.name.lower().endswith(".gz"):
+        if packed(p):
             target = mirror / rel.with_name(rel.name[:-3])
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -425,6 +429,10 @@ def _load(volumes, group):
         items.sort(key=lambda t: t[0])
         tes = [t for t, _, _ in items]
         if len(set(tes)) != len(tes):
+            if len(group) == 1:
+                raise ValueError(f"dicom: {desc}: the folder holds this series more than once "
+                                 f"({part} echo times {tes}: e.g. classic and enhanced copies "
+                                 "of one scan); point dicom at a folder with one copy")
             raise ValueError(f"dicom: {desc}: two {part} volumes share an echo time "
                              f"({tes}); the folder mixes acquisitions: pick with series")
     return parts, ref_affine
