@@ -357,6 +357,11 @@ INVERSIONS = {m.name: m for m in (
            "the same U-Net with plain convolutions, one model per resolution",
            inputs=("weights",), options=_NETWORK_OPTIONS,
            shipped=("mesa-0.5x0.5x2", "mesa-0.7639x0.7639x3"), preflight="dl.infer:check_network"),
+    Method("meta-unrolled", "dl.unrolled:invert_meta_unrolled", "network", "Meta-QSM 2 (unrolled)",
+           "TKD, then K dipole-model gradient steps each followed by one shared WP-Conv U-Net "
+           "(learned steps; trained on fields with a real scan's imperfections)",
+           inputs=("weights",), options=_NETWORK_OPTIONS[:3], shipped=("meta-unrolled",),
+           preflight="dl.infer:check_network"),
 )}
 
 BGREMOVALS = {m.name: m for m in (

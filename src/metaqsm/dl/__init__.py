@@ -22,4 +22,5 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "registry": ["MODELS", "register_model", "build_model", "save_checkpoint", "load_checkpoint",
                  "load_model"],
     "infer": ["reconstruct", "invert_meta", "invert_mesa"],
+    "unrolled": ["MetaUnrolled", "invert_meta_unrolled"],
 })

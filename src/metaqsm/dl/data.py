@@ -32,7 +32,7 @@ from ..io.trainset import read_manifest
 from ..simulate.synth import (TRAIN_SEED_LIMIT, VARIANT_FLIPS, SynthConfig, flip_sample,
                               generate_sample)
 
-__all__ = ["SyntheticStream", "H5Dataset", "to_tensors", "read_manifest", "H5_NAME", "MANIFEST_NAME"]
+__all__ = ["SyntheticStream", "CorruptedStream", "H5Dataset", "to_tensors", "read_manifest", "H5_NAME", "MANIFEST_NAME"]
 
 H5_NAME = trainset.DATASET_FILE  # the files of a data set folder
 MANIFEST_NAME = trainset.MANIFEST_FILE
@@ -159,7 +159,8 @@ class SyntheticStream(IterableDataset):
         cache, cache_block = {}, None
         for index in self.indices(worker, n):
             if self.variants == 1:
-                yield to_tensors(generate_sample(index, config=self.config, seed=self.seed))
+                yield to_tensors(self.finish(index, generate_sample(index, config=self.config,
+                                                                    seed=self.seed)))
                 continue
             scene, v = self.scene_of(index)
             blk = scene // self.block
@@ -167,7 +168,48 @@ class SyntheticStream(IterableDataset):
                 cache, cache_block = {}, blk
             if scene not in cache:
                 cache[scene] = generate_sample(scene, config=self.config, seed=self.seed)
-            yield to_tensors(flip_sample(cache[scene], VARIANT_FLIPS[v]))
+            yield to_tensors(self.finish(index, flip_sample(cache[scene], VARIANT_FLIPS[v])))
+
+    def finish(self, index, sample):  # noqa: ARG002 - a hook for subclasses
+        """The sample of stream index ``index`` from its generated (or mirrored) scene: here
+        the sample itself; :class:`CorruptedStream` adds a real scan's imperfections."""
+        return sample
+
+
+class CorruptedStream(SyntheticStream):
+    """:class:`SyntheticStream` with a real scan's imperfections added to every sample
+    (:func:`metaqsm.simulate.corrupt.corrupt_sample`: non-dipolar fields, spatially varying
+    noise, background residue at the edge, an eroded and perturbed mask).
+
+    Parameters
+    ----------
+    config, seed, start, length, variants, block :
+        As :class:`SyntheticStream` (set ``config.field_noise_range = (0, 0)``: the corruption
+        adds its own noise).
+    corruption : CorruptionConfig, optional
+        The ranges of the imperfections (default: ``CorruptionConfig()``).
+
+    Notes
+    -----
+    Sample ``i`` is corrupted with the generator seeded by ``(seed, i, 0xC0)``: mirror images
+    of one scene get different imperfections, and a resumed stream the same ones.
+    """
+
+    def __init__(self, config=None, *, corruption=None, **kwargs):
+        from ..simulate.corrupt import CorruptionConfig
+
+        super().__init__(config, **kwargs)
+        self.corruption = CorruptionConfig() if corruption is None else corruption
+        if not isinstance(self.corruption, CorruptionConfig):
+            raise TypeError(f"corruption must be a CorruptionConfig, got "
+                            f"{type(self.corruption).__name__}")
+
+    def finish(self, index, sample):
+        from ..simulate.corrupt import corrupt_sample
+
+        out = corrupt_sample(sample, config=self.corruption,
+                             rng=np.random.default_rng((self.seed, int(index), 0xC0)))
+        return {k: out[k] for k in ("field", "chi", "mask", "voxel_size", "b0_dir")}
 
 
 class H5Dataset(Dataset):

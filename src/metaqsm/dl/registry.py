@@ -57,7 +57,7 @@ def register_model(name):
 
 
 def _ensure_registered():
-    from . import unet  # noqa: F401 - registers the networks
+    from . import unet, unrolled  # noqa: F401 - registers the networks
 
 
 def build_model(name, **config):

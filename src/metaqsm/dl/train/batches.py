@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import H5Dataset, SyntheticStream, read_manifest
+from ..data import CorruptedStream, H5Dataset, SyntheticStream, read_manifest
 from .config import synth_config
 
-__all__ = ["RANK_STRIDE", "Batches", "MapSampler", "stack", "is_map_style", "h5_manifest",
+__all__ = ["RANK_STRIDE", "Batches", "stream", "MapSampler", "stack", "is_map_style", "h5_manifest",
            "data_seed", "fixed_voxel_size"]
 
 RANK_STRIDE = 10 ** 8  # stream index offset between DDP ranks
@@ -46,6 +46,17 @@ def fixed_voxel_size(cfg):
     if vr.shape == (3, 2) and np.allclose(vr[:, 0], vr[:, 1]):
         return [float(v) for v in vr[:, 0]]
     return None
+
+
+def stream(cfg, **kwargs):
+    """The configured synthetic stream: :class:`SyntheticStream`, or for ``data.source =
+    "realistic"`` a :class:`CorruptedStream` with ``data.corrupt``'s ranges."""
+    if cfg["data"]["source"] == "realistic":
+        from ...simulate.corrupt import CorruptionConfig
+
+        return CorruptedStream(synth_config(cfg), **kwargs,
+                               corruption=CorruptionConfig.from_dict(cfg["data"]["corrupt"]))
+    return SyntheticStream(synth_config(cfg), **kwargs)
 
 
 def is_map_style(dataset):
@@ -108,9 +119,8 @@ class Batches:
     def _stream_iter(self, dataset):
         if dataset is None:
             d = self.cfg["data"]
-            dataset = SyntheticStream(synth_config(self.cfg), seed=d["seed"],
-                                      start=self.rank * RANK_STRIDE + self.position,
-                                      variants=d["variants"], block=d["variant_block"])
+            dataset = stream(self.cfg, seed=d["seed"], start=self.rank * RANK_STRIDE + self.position,
+                             variants=d["variants"], block=d["variant_block"])
         workers = self.cfg["run"]["num_workers"]
         if workers > 0:
             loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,

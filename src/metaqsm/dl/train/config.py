@@ -27,7 +27,8 @@ DEFAULT_CONFIG = {
         # any other key is a constructor argument of the network (depth, base, basis, ...)
     },
     "data": {
-        "source": "stream",  # "stream": synthetic samples generated on the fly; "h5": a file
+        "source": "stream",  # "stream": synthetic samples generated on the fly; "h5": a file;
+        # "realistic": the stream with a real scan's imperfections added (simulate.corrupt)
         "path": "",  # HDF5 file of `metaqsm synth` (source = "h5")
         "seed": 0,  # data seed of the training stream (0 <= seed < 10**6)
         "val_seed": -1,  # seed of the validation stream; -1: seed + 1
@@ -36,6 +37,7 @@ DEFAULT_CONFIG = {
         "variants": 1,  # stream: training samples per generated scene (exact mirror images, 1-8)
         "variant_block": 8,  # stream: scenes per block of mirror images (see SyntheticStream)
         "synth": {},  # other SynthConfig fields (voxel_size_range, max_tilt_deg, ...)
+        "corrupt": {},  # source "realistic": CorruptionConfig fields (noise_median, ...)
     },
     "optim": {
         "lr": 1e-4,  # initial learning rate (paper)
@@ -65,6 +67,9 @@ DEFAULT_CONFIG = {
         # reconstructed whole at every validation; 0: off
         "val_volumes": 0,
         "val_volume_shape": [128, 128, 64],
+        # "synthetic": val_volumes of the generator above; "realistic": val_volumes quick (2 mm)
+        # cases of simulate.realistic.realistic_case through the whole pipeline
+        "val_volume_kind": "synthetic",
         "select_by": "val_loss",  # best.safetensors: lowest "val_loss" (patches) or "vol_rmse"
         # exponential moving average of the weights (not in the paper): validated and kept in
         # best.safetensors instead of the raw weights; 0: off, 0.99: a window of ~100 steps
@@ -75,6 +80,8 @@ DEFAULT_CONFIG = {
     },
 }
 
+#: Kinds of whole validation volumes (run.val_volume_kind).
+VOLUME_KINDS = ("synthetic", "realistic")
 #: Validation scores that may select the best checkpoint (run.select_by); lower is better.
 SELECT_BY = ("val_loss", "vol_rmse")
 
@@ -84,7 +91,7 @@ def _merge(base, new, where=""):
     for key, value in new.items():
         name = f"{where}{key}"
         if key not in out:
-            if where == "model." or where.startswith("data.synth"):
+            if where == "model." or where.startswith(("data.synth", "data.corrupt")):
                 out[key] = copy.deepcopy(value)
                 continue
             known = ", ".join(sorted(out))
@@ -169,8 +176,18 @@ def validate_config(config):
         raise ValueError(f"run.val_volume_shape must be 3 integers >= 16, got {vs!r}")
     if d["variants"] > 8:
         raise ValueError(f"data.variants must be an integer in 1..8, got {d['variants']!r}")
-    if d["source"] not in ("stream", "h5"):
-        raise ValueError(f"data.source must be 'stream' or 'h5', got {d['source']!r}")
+    if d["source"] not in ("stream", "h5", "realistic"):
+        raise ValueError(f"data.source must be 'stream', 'h5' or 'realistic', got {d['source']!r}")
+    if r["val_volume_kind"] not in VOLUME_KINDS:
+        raise ValueError(f"run.val_volume_kind must be one of {', '.join(VOLUME_KINDS)}, got "
+                         f"{r['val_volume_kind']!r}")
+    if d["corrupt"]:
+        from ...simulate.corrupt import CorruptionConfig
+
+        try:
+            CorruptionConfig.from_dict(d["corrupt"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"data.corrupt: {exc}") from None
     if d["source"] == "h5" and not d["path"]:
         raise ValueError("data.path must name an HDF5 file when data.source is 'h5'")
     if r["amp"] not in ("auto", "off", "bf16", "fp16"):

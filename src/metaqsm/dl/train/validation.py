@@ -9,13 +9,14 @@ import torch
 from ...metrics import compute_metrics
 from ...simulate.synth import SynthConfig, _generate
 from ...simulate.testsets import LOCAL_ONLY
-from ..data import H5Dataset, SyntheticStream
+from ..data import H5Dataset
 from ..infer import reconstruct
-from .batches import h5_manifest, is_map_style, stack
+from .batches import h5_manifest, is_map_style, stack, stream
 from .config import synth_config, val_seed
 from .loss import masked_l1
 
-__all__ = ["validation_set", "volume_config", "volume_set", "validate", "validate_volumes"]
+__all__ = ["validation_set", "volume_config", "volume_set", "realistic_volumes",
+           "REALISTIC_VOLUMES", "validate", "validate_volumes"]
 
 
 def validation_set(cfg, dataset=None):
@@ -26,7 +27,7 @@ def validation_set(cfg, dataset=None):
         if cfg["data"]["source"] == "h5":
             dataset = H5Dataset(cfg["data"]["path"], split="val")
         else:
-            dataset = SyntheticStream(synth_config(cfg), seed=val_seed(cfg), start=0, length=n)
+            dataset = stream(cfg, seed=val_seed(cfg), start=0, length=n)
     if is_map_style(dataset):
         return [dataset[i] for i in range(min(n, len(dataset)))]
     out = []
@@ -60,10 +61,33 @@ def volume_set(cfg):
     n = cfg["run"]["val_volumes"]
     if n < 1:
         return []
+    if cfg["run"].get("val_volume_kind", "synthetic") == "realistic":
+        return realistic_volumes(n, seed=val_seed(cfg))
     config = volume_config(cfg)
     seed = val_seed(cfg)
     return [_generate(config, np.random.default_rng(
         np.random.SeedSequence(entropy=(seed, i), spawn_key=(VOLUME_SPAWN,)))) for i in range(n)]
+
+
+#: The whole realistic validation volumes: (output voxel size in mm, B0 tilt in degrees), on the
+#: quick 2 mm grid of the realistic simulator, cycled when more are asked for.
+REALISTIC_VOLUMES = (((2.0, 2.0, 2.0), 0.0), ((2.0, 2.0, 3.0), 20.0), ((2.0, 2.0, 2.0), 25.0))
+
+
+def realistic_volumes(n, *, seed):
+    """``n`` quick realistic cases (:func:`metaqsm.simulate.realistic.realistic_case` with
+    ``RealisticConfig(fine_voxel_mm=2.0)``, through the whole pipeline; about 10 s each), of
+    :data:`REALISTIC_VOLUMES`; seed ``seed`` (the validation seed: other anatomies than the
+    realistic suite's, seed 2026)."""
+    from ...simulate.realistic import RealisticConfig, realistic_case
+
+    config = RealisticConfig(fine_voxel_mm=2.0)
+    out = []
+    for i in range(n):
+        vsz, tilt = REALISTIC_VOLUMES[i % len(REALISTIC_VOLUMES)]
+        case = realistic_case(i, output_voxel_size=vsz, b0_tilt_deg=tilt, config=config, seed=seed)
+        out.append({k: case[k] for k in ("field", "chi", "mask", "voxel_size", "b0_dir")})
+    return out
 
 
 def validate_volumes(model, volumes, device):
