@@ -23,7 +23,7 @@ network learns to ignore what the dipole model cannot explain instead of fitting
     distance to the mask edge in mm and ``L`` drawn from ``residue_decay_mm`` (what background
     removal leaves: RESHARP's errors are largest at the edge; on a 2 mm realistic case the
     smoothed residue has sd 0.0041 ppm within 4 mm of the edge, 0.0033 at 4-8 mm, 0.0017
-    deeper, hence decay lengths of 4-12 mm rather than 3-5);
+    deeper, hence decay lengths of 6-16 mm rather than 3-5);
 (d) **an eroded and perturbed mask**: the edge moved inwards by a distance drawn from
     ``erosion_mm`` plus a smooth wobble of ``mask_wobble_mm`` (the pipeline erodes the mask by
     its kernel radius; a skull-stripping tool misses the edge by 1-2 mm). The new mask stays
@@ -95,7 +95,7 @@ class CorruptionConfig:
     edge_darkening: float = 0.5
     edge_mm: float = 4.0
     residue_sd: tuple = (0.003, 0.006)
-    residue_decay_mm: tuple = (4.0, 12.0)
+    residue_decay_mm: tuple = (6.0, 16.0)
     residue_source_mm: float = 8.0
     erosion_mm: tuple = (0.0, 2.0)
     mask_wobble_mm: float = 1.0
@@ -236,8 +236,12 @@ def corrupt_sample(sample, *, config=None, rng=0, return_parts=False):
     inside = new & (dist < 2.0 * drawn["residue_decay_mm"])
     if inside.sum() < 1000:  # hardly any edge in the patch: normalise over the whole mask
         inside = new if new.any() else np.ones(shape, bool)
-    ref = g[inside]
-    g = (g - float(ref.mean())) / max(float(ref.std()), 1e-12)
+    g = g - float(g[inside].mean())
+    # the outside sources' field falls off steeply inwards: normalise it by its local rms
+    # (over ~4 mm), so that exp(-d / L) alone sets how the residue decays
+    local = np.sqrt(ndi.gaussian_filter(g * g, 4.0 / vsz))
+    g = g / np.maximum(local, 1e-3 * max(float(local.max()), 1e-12))
+    g = g / max(float(g[inside].std()), 1e-12)
     residue = (np.float32(drawn["residue_sd"]) * g * np.exp(-dist / drawn["residue_decay_mm"]))
     residue = residue.astype(np.float32)
 
