@@ -23,7 +23,8 @@ from metaqsm.simulate.phantoms import brain_phantom
 NOISE_PPM = 0.002  # field noise: about 1/6 of the field's standard deviation in the mask
 
 # Upper bounds of the RMSE (%) with default parameters; measured values on this case:
-# tkd 41, tsvd 60, tikhonov 44, ilsqr 39, medi 20, tv 35. iLSQR's step 1 now solves the square
+# tkd 41, tsvd 60, tikhonov 44, ilsqr 39, medi 26 (20 at lam 1000; the default is now 100,
+# which regularises this clean case more and realistic data far better), tv 35. iLSQR's step 1 now solves the square
 # system D W D of STI Suite / QSM.m (29 % with the rectangular sqrt(W) D, which on realistic
 # data is 10-30 % worse): on this clean case it damps the cone more, hence 44 (was 36).
 BOUNDS = {"tkd": 47.0, "tsvd": 66.0, "tikhonov": 49.0, "ilsqr": 44.0, "medi": 27.0, "tv": 41.0,
@@ -111,7 +112,7 @@ def tilted_case():
 
 
 @pytest.mark.parametrize("name,bound", [("tkd", 48.0), ("tv", 42.0), ("ilsqr", 40.0),
-                                        ("medi", 30.0)])
+                                        ("medi", 34.0)])  # 30 -> 34: lam 1000 -> 100
 def test_anisotropic_tilted_b0(name, bound, tilted_case):
     ph, vsz, b0, field = tilted_case
     func = get_method(name)

@@ -305,6 +305,10 @@ INVERSIONS = {m.name: m for m in (
                     Option("cg_max_iter", "int", "CG iterations per Gauss-Newton step"),
                     Option("cg_tol", "float", "CG relative residual per Gauss-Newton step"),
                     Option("epsilon", "float", "smoothing of |M G chi| (rad^2/mm^2)"),
+                    Option("csf", "str", "MEDI+0 CSF zero reference: 'auto' builds the "
+                           "ventricle mask from the magnitude", choices=("auto",)),
+                    Option("lam_csf", "float", "weight of the MEDI+0 CSF term (with --csf)"),
+                    Option("merit", "bool", "model error reduction (the toolbox's merit)"),
                     _pad())),
     Method("tv", "inversion.tv:tv", "classical", "TV",
            "total-variation regularised inversion by ADMM (Bilgic et al. 2014; as FANSI)",
