@@ -423,8 +423,7 @@ def build_report(out):
         doc.h(2, "Does the suite rank the methods as the real brain does?")
         doc.p("The maintainers' real in-vivo brain (3 T, 1.06 mm, 12-orientation COSMOS "
               "reference, never seen by the project) ranks the methods as shipped before issue "
-              "15 in the order below (RMSE %). Each pair of neighbours in that order is checked "
-              "on this suite's mean RMSE.")
+              "15 as below (RMSE %); issue 15 asks the suite for the same order on its mean RMSE.")
         doc.table(["pair (real order)", "real brain RMSE", "this suite RMSE", "same order"],
                   [[(pair, False), (real, False), (mine, False), ("yes" if ok else "no", not ok)]
                    for pair, real, mine, ok in ranking])
