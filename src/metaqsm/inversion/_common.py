@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_field_inputs, as_int, as_positive
+from .._validate import as_field_inputs, as_int, as_positive, as_volume
 
 __all__ = []  # private module
 
@@ -64,3 +64,38 @@ class _NoBar:
 
     def close(self):
         pass
+
+
+def soft_threshold(v, thr, out):
+    """``out = sign(v) max(|v| - thr, 0)`` (the proximal step of the anisotropic TV norm), in
+    place into ``out`` (which may not be ``v``); returns ``out``."""
+    np.abs(v, out=out)
+    out -= thr
+    np.maximum(out, 0.0, out=out)
+    np.copysign(out, v, out=out)
+    return out
+
+
+def relative_change(x, x0, work):
+    """``||x - x0|| / ||x||`` (the ADMM stopping statistic), using ``work`` as scratch."""
+    np.subtract(x, x0, out=work)
+    ndx = float(np.sqrt(np.vdot(work.ravel(), work.ravel())))
+    nx = float(np.sqrt(np.vdot(x.ravel(), x.ravel())))
+    return ndx / max(nx, 1e-30)
+
+
+def check_magnitude(magnitude, shape, what="field", combine="rss"):
+    """A magnitude image as a non-negative float32 volume of ``shape``: echoes on a 4th axis
+    are combined by root-sum-of-squares (``combine="rss"``, as the MEDI toolbox) or
+    root-mean-square (``"rms"``). Raises ``ValueError`` naming ``magnitude`` for another shape
+    or negative values."""
+    mag = as_volume(magnitude, "magnitude", ndim=(3, 4))
+    if mag.ndim == 4:
+        mag = (np.sqrt(np.sum(np.square(mag, dtype=np.float32), axis=-1)) if combine == "rss"
+               else np.sqrt(np.mean(np.square(mag), axis=-1)))
+    if mag.shape != tuple(shape):
+        raise ValueError(f"magnitude must have the shape of the {what} {tuple(shape)}, "
+                         f"got {mag.shape}")
+    if np.any(mag < 0):
+        raise ValueError("magnitude must be non-negative")
+    return mag

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .._validate import as_mask, as_positive, as_volume, as_voxel_size
+from . import _common
 
 __all__ = ["csf_mask"]
 
@@ -78,12 +79,7 @@ def csf_mask(mask, *, voxel_size, r2star=None, magnitude=None, r2star_threshold=
             raise ValueError(f"r2star must have the shape of the mask {m.shape}, got {r2.shape}")
         cand = m & (r2 < as_positive(r2star_threshold, "r2star_threshold"))
     elif magnitude is not None:
-        mag = as_volume(magnitude, "magnitude", ndim=(3, 4))
-        if mag.ndim == 4:
-            mag = np.sqrt(np.sum(np.square(mag, dtype=np.float32), axis=-1))
-        if mag.shape != m.shape:
-            raise ValueError(f"magnitude must have the shape of the mask {m.shape}, got "
-                             f"{mag.shape}")
+        mag = _common.check_magnitude(magnitude, m.shape, what="mask")
         if not central.any():
             return np.zeros(m.shape, bool)
         # the receive profile makes the surface bright: divide by the magnitude's local mean

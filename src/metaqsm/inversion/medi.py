@@ -7,7 +7,7 @@ import numpy as np
 from .._fd import div_weighted_grad, gradient
 from .._fft import crop_volume, fft_convolve, pad_volume, padded_shape
 from .._linalg import cg
-from .._validate import as_positive, as_volume
+from .._validate import as_positive
 from ..kernels import dipole_kernel
 from ..units import ppm_to_rad
 from . import _common
@@ -145,16 +145,7 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     cg_max_iter = _common.check_max_iter(cg_max_iter, "cg_max_iter")
     cg_tol = _common.check_tol(cg_tol, "cg_tol")
     eps = np.float32(as_positive(epsilon, "epsilon"))
-    mag = None
-    if magnitude is not None:
-        mag = as_volume(magnitude, "magnitude", ndim=(3, 4))
-        if mag.ndim == 4:  # echoes on the last axis: root-sum-of-squares, as the toolbox
-            mag = np.sqrt(np.sum(np.square(mag, dtype=np.float32), axis=-1))
-        if mag.shape != f.shape:
-            raise ValueError(f"magnitude must have the shape of the field {f.shape}, "
-                             f"got {mag.shape}")
-        if np.any(mag < 0):
-            raise ValueError("magnitude must be non-negative")
+    mag = None if magnitude is None else _common.check_magnitude(magnitude, f.shape)
 
     wdata = data_weight(m, magnitude=mag, noise_std=noise_std)
     wgrad = gradient_mask(mag if mag is not None else f, m, voxel_size=vsz,

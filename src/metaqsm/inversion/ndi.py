@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
-from .._validate import as_positive, as_volume
+from .._validate import as_positive
 from ..kernels import dipole_kernel
 from ..units import ppm_to_rad
 from . import _common
@@ -206,15 +206,8 @@ def data_weight(mask, *, magnitude=None, noise_std=None):
         with np.errstate(divide="ignore", invalid="ignore"):
             w = np.where(np.isfinite(s) & (s > 0), 1.0 / s, 0.0).astype(np.float32)
     elif magnitude is not None:
-        mag = as_volume(magnitude, "magnitude", ndim=(3, 4))
-        if mag.ndim == 4:
-            mag = np.sqrt(np.mean(np.square(mag), axis=-1))
-        if mag.shape != m.shape:
-            raise ValueError(f"magnitude must have the shape of the field {m.shape}, "
-                             f"got {mag.shape}")
-        if np.any(mag < 0):
-            raise ValueError("magnitude must be non-negative")
-        w = mag.astype(np.float32, copy=True)
+        w = _common.check_magnitude(magnitude, m.shape, combine="rms").astype(np.float32,
+                                                                              copy=True)
     else:
         return m.astype(np.float32)
     top = float(np.percentile(w[m], 99.0))

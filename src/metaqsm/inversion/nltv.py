@@ -204,21 +204,16 @@ def _admm(phi, w2, mp, D, L, vsz, alpha, rho, mu, tol, max_iter, bar):
         X += rfft(e) * kd
         x[...] = irfft(X, shape)
 
-        np.subtract(x, x0, out=tmp)
-        ndx = float(np.sqrt(np.vdot(tmp.ravel(), tmp.ravel())))
-        nx = float(np.sqrt(np.vdot(x.ravel(), x.ravel())))
+        change = _common.relative_change(x, x0, tmp)
         bar.update()
-        bar.set_postfix_str(f"dx/x={ndx / max(nx, 1e-30):.2e}")
-        if ndx < tol * nx:
+        bar.set_postfix_str(f"dx/x={change:.2e}")
+        if change < tol:
             break
 
         # z-update (anisotropic TV) and its dual
         gradient(x, voxel_size=vsz, out=g)
         s += g                          # v = grad x + s
-        np.abs(s, out=z)
-        z -= thr
-        np.maximum(z, 0.0, out=z)
-        np.copysign(z, s, out=z)        # z = shrink(v, alpha / rho)
+        _common.soft_threshold(s, thr, out=z)  # z = shrink(v, alpha / rho)
         s -= z                          # s = v - z
         z -= s                          # z - s for the next x-update
 

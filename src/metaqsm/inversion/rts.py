@@ -219,21 +219,15 @@ def _ill_conditioned(x1, X1, wc, L, vsz, mu, rho, tol, max_iter, bar, tau=0.7, g
         x[...] = irfft(X, shape)
         del X
 
-        np.subtract(x, x0, out=tmp)
-        ndx = float(np.sqrt(np.vdot(tmp.ravel(), tmp.ravel())))
-        nx = float(np.sqrt(np.vdot(x.ravel(), x.ravel())))
+        change = _common.relative_change(x, x0, tmp)
         bar.update()
-        bar.set_postfix_str(f"dx/x={ndx / max(nx, 1e-30):.2e}")
-        if it > 0 and ndx < tol * nx:  # the first update reproduces chi_1 (y = grad chi_1)
+        bar.set_postfix_str(f"dx/x={change:.2e}")
+        if it > 0 and change < tol:  # the first update reproduces chi_1 (y = grad chi_1)
             break
 
         gradient(x, voxel_size=vsz, out=d)
-        thr = np.float32(1.0 / rho)
         p += d                      # p + grad x
-        np.abs(p, out=v)
-        v -= thr
-        np.maximum(v, 0.0, out=v)
-        np.copysign(v, p, out=v)    # y = shrink(p + grad x, 1 / rho)
+        _common.soft_threshold(p, np.float32(1.0 / rho), out=v)  # y = shrink(p + grad x, 1/rho)
         d -= v                      # primal residual grad x - y
         p -= v                      # p = p + grad x - y
         v -= p                      # y - p for the next chi-update

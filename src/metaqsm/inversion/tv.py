@@ -112,20 +112,15 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
             x[...] = irfft(X, shape)
             del X
 
-            np.subtract(x, x0, out=tmp)
-            ndx = float(np.sqrt(np.vdot(tmp.ravel(), tmp.ravel())))
-            nx = float(np.sqrt(np.vdot(x.ravel(), x.ravel())))
+            change = _common.relative_change(x, x0, tmp)
             bar.update()
-            bar.set_postfix_str(f"dx/x={ndx / max(nx, 1e-30):.2e}")
-            if ndx < tol * nx:
+            bar.set_postfix_str(f"dx/x={change:.2e}")
+            if change < tol:
                 break
 
             gradient(x, voxel_size=vsz, out=d)
             u += d                       # v = grad x + u
-            np.abs(u, out=d)
-            d -= thr
-            np.maximum(d, 0.0, out=d)
-            np.copysign(d, u, out=d)     # z = shrink(v, lam / rho)
+            _common.soft_threshold(u, thr, out=d)  # z = shrink(v, lam / rho)
             u -= d                       # u = v - z
             np.subtract(d, u, out=d)     # z - u for the next chi-update
     finally:
