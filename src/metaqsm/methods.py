@@ -368,6 +368,8 @@ INVERSIONS = {m.name: m for m in (
            preflight="dl.infer:check_network"),
 )}
 
+_SMV = Option("smv", "str", "spherical-mean-value kernel", choices=("analytic", "voxel"))
+
 BGREMOVALS = {m.name: m for m in (
     Method("resharp", "bgremove.sharp:resharp", "classical", "RESHARP",
            "Tikhonov-regularised SHARP (Sun & Wilman 2014)",
@@ -375,20 +377,17 @@ BGREMOVALS = {m.name: m for m in (
                     Option("tik_reg", "float", "Tikhonov weight"),
                     Option("tol", "float", "CG tolerance"),
                     Option("max_iter", "int", "CG iterations"),
-                    Option("smv", "str", "spherical-mean-value kernel",
-                           choices=("analytic", "voxel")))),
+                    _SMV)),
     Method("vsharp", "bgremove.sharp:vsharp", "classical", "V-SHARP",
            "variable-radius SHARP (Li et al. 2011; Wu et al. 2012)",
            options=(Option("radii", "floats", "sphere radii in mm, largest first"),
                     Option("threshold", "float", "deconvolution threshold"),
-                    Option("smv", "str", "spherical-mean-value kernel",
-                           choices=("analytic", "voxel")))),
+                    _SMV)),
     Method("sharp", "bgremove.sharp:sharp", "classical", "SHARP",
            "sophisticated harmonic artifact reduction (Schweser et al. 2011)",
            options=(Option("radius", "float", "sphere radius in mm"),
                     Option("threshold", "float", "deconvolution threshold"),
-                    Option("smv", "str", "spherical-mean-value kernel",
-                           choices=("analytic", "voxel")))),
+                    _SMV)),
     Method("pdf", "bgremove.pdf:pdf", "classical", "PDF",
            "projection onto dipole fields (Liu et al. 2011)",
            inputs=("noise",),
