@@ -49,17 +49,20 @@ def _flags(parser, command):
 
 
 _LEADING_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?=[\s:])")
+_KEYWORD_TRUE = re.compile(r"(?<![\w.])([a-z][a-z0-9_]*)=True\b")  # "use force=True" -> "use --force"
 _SNAKE_NAME = re.compile(r"(?<![\w.'\"-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w'\"])")
 
 
 def translate(message, flags):
     """Library errors name Python arguments (``lam must be positive``); a user of the command
-    line reads its flags (``--lambda must be positive``). The leading name is mapped, and any
-    snake_case argument name further on (``pass echo_times`` -> ``pass --echo-times``)."""
+    line reads its flags (``--lambda must be positive``). The leading name is mapped, any
+    snake_case argument name further on (``pass echo_times`` -> ``pass --echo-times``), and a
+    switch written as a keyword (``use force=True`` -> ``use --force``)."""
     text = str(message)
     m = _LEADING_NAME.match(text)
     if m and m.group(1) in flags:
         text = flags[m.group(1)] + text[m.end():]
+    text = _KEYWORD_TRUE.sub(lambda g: flags.get(g.group(1), g.group(0)), text)
     return _SNAKE_NAME.sub(lambda g: flags.get(g.group(1), g.group(1)), text)
 
 

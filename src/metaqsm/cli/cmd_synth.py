@@ -21,8 +21,8 @@ from . import _common
 
 FLUSH_EVERY = 16  # samples between progress records in the partial file
 #: The options that the data set writer's arguments come from (errors name the option).
-_FLAGS = {"n": "-n", "split": "--split", "dtype": "--dtype", "compression": "--compression",
-          "force": "--force"}
+#: library argument names whose flag differs from them (cli.translate maps the rest)
+_ALIASES = {"n": "-n"}
 
 
 def register(subparsers):
@@ -116,23 +116,12 @@ def _work(job):
     return index, generate_sample(index, config=config, seed=seed)
 
 
-def _flags(exc):
-    """``exc`` of the data set writer, its Python argument names replaced by the options."""
-    msg = str(exc)
-    name, sep, rest = msg.partition(" ")
-    if name in _FLAGS:
-        msg = _FLAGS[name] + sep + rest
-    return type(exc)(msg.replace("force=True", _FLAGS["force"]))
-
-
 def run_synth(args):
     from ..io import trainset  # h5py: imported when the command runs
     from ..simulate.anatomy import mni_maps
 
-    try:
-        counts = trainset.split_counts(args.count, args.split)
-    except (TypeError, ValueError) as exc:
-        raise _flags(exc) from None
+    args.flag_aliases = _ALIASES
+    counts = trainset.split_counts(args.count, args.split)
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     _check_seed(args.seed)
@@ -143,12 +132,9 @@ def run_synth(args):
     if not out.parent.exists():
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     out.mkdir(exist_ok=True)
-    try:
-        done = trainset.begin(out, n=args.count, seed=args.seed, config=config.to_dict(),
-                              split=args.split, dtype=args.dtype, compression=args.compression,
-                              force=args.force)
-    except (TypeError, ValueError, FileExistsError) as exc:
-        raise _flags(exc) from None
+    done = trainset.begin(out, n=args.count, seed=args.seed, config=config.to_dict(),
+                          split=args.split, dtype=args.dtype, compression=args.compression,
+                          force=args.force)
     if done:
         print(f"metaqsm synth: resuming at sample {done} of {args.count}", file=sys.stderr)
 

@@ -327,7 +327,7 @@ def sweep_sample(sweep, index, *, voxel_size, tilt_deg=0.0, shape=SWEEP_SHAPE):
     config = synth.SynthConfig(patch_shape=tuple(shape), voxel_size_range=tuple((v, v) for v in vsz),
                                **LOCAL_ONLY)
     rng = sweep_rng(sweep, index)
-    scene = synth._fine_scene(config, rng)  # noqa: SLF001 - as the test sets do (testsets.py)
+    scene = synth.draw_fine_scene(config, rng)
     if tilt_deg:
         scene = dataclasses.replace(scene, b0_dir=np.asarray(_tilted(tilt_deg)))
     return dict(synth.finish_scene(scene, config=config, rng=rng))

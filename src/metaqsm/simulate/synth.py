@@ -68,6 +68,7 @@ __all__ = [
     "FineScene",
     "generate_sample",
     "fine_scene",
+    "draw_fine_scene",
     "finish_scene",
     "block_reduce",
     "kspace_reduce",
@@ -700,7 +701,7 @@ def fine_scene(index, *, config=None, seed=0):
     FineScene
     """
     config, rng = _setup(index, config, seed)
-    return _fine_scene(config, rng)
+    return draw_fine_scene(config, rng)
 
 
 def _setup(index, config, seed):
@@ -714,7 +715,14 @@ def _setup(index, config, seed):
     return config, np.random.default_rng((seed, index))
 
 
-def _fine_scene(config, rng):
+def draw_fine_scene(config, rng):
+    """The fine-grid scene drawn from ``rng`` under ``config`` (:func:`fine_scene` with a
+    generator of the caller's own, as the evaluation sweeps use).
+
+    Returns
+    -------
+    FineScene
+    """
     vr = np.asarray(config.voxel_size_range)
     voxel = rng.uniform(vr[:, 0], vr[:, 1])
     b0 = _random_b0(config.max_tilt_deg, rng)
@@ -886,5 +894,5 @@ def generate_sample(index, *, config=None, seed=0):
 
 
 def _generate(config, rng):
-    scene = _fine_scene(config, rng)
+    scene = draw_fine_scene(config, rng)
     return finish_scene(scene, config=config, rng=rng)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ...metrics import compute_metrics
-from ...simulate.synth import SynthConfig, _generate
+from ...simulate.synth import SynthConfig, draw_fine_scene, finish_scene
 from ...simulate.testsets import LOCAL_ONLY
 from ..data import H5Dataset
 from ..infer import reconstruct
@@ -65,8 +65,10 @@ def volume_set(cfg):
         return realistic_volumes(n, seed=val_seed(cfg))
     config = volume_config(cfg)
     seed = val_seed(cfg)
-    return [_generate(config, np.random.default_rng(
-        np.random.SeedSequence(entropy=(seed, i), spawn_key=(VOLUME_SPAWN,)))) for i in range(n)]
+    rngs = [np.random.default_rng(np.random.SeedSequence(entropy=(seed, i),
+                                                         spawn_key=(VOLUME_SPAWN,)))
+            for i in range(n)]
+    return [finish_scene(draw_fine_scene(config, rng), config=config, rng=rng) for rng in rngs]
 
 
 #: The whole realistic validation volumes: (output voxel size in mm, B0 tilt in degrees), on the
