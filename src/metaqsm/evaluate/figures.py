@@ -1,10 +1,12 @@
 """Report figures: orthogonal slices of every method side by side, box plots and sweep plots.
 
-Slices are shown in radiological anatomy terms on a RAS+ grid (the volume is reoriented to the
-closest RAS+ orientation when its affine is known; synthetic volumes are taken as RAS+ already):
-axial views with anterior up, coronal and sagittal views with superior up, the patient's right on
-the right of axial and coronal views (neurological convention), anterior on the right of sagittal
-views. Each panel is drawn with its physical extent in mm, so anisotropic voxels keep their shape.
+Slices are cut on a RAS+ grid (the volume is reoriented to the closest RAS+ orientation when its
+affine is known; synthetic volumes are taken as RAS+ already) and drawn in the package's one
+orientation convention, :data:`metaqsm.figures.CONVENTION` (radiological: the patient's right on
+the viewer's left in axial and coronal views, anterior up in axial views, superior up in coronal
+and sagittal views, anterior on the left in sagittal views), by the same function as every other
+picture of the package (:func:`metaqsm.figures.show_slice`), with letters at the edges. Each
+panel is drawn with its physical extent in mm, so anisotropic voxels keep their shape.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-VIEWS = ("axial", "coronal", "sagittal")
-# orientation letters (left, right, bottom, top) of each view on a RAS+ grid
-_LETTERS = {"axial": ("L", "R", "P", "A"), "coronal": ("L", "R", "I", "S"),
-            "sagittal": ("P", "A", "I", "S")}
+from ..figures import CONVENTION, VIEWS, convention_label, ras_slices, ras_voxel_size, show_slice
+from ..figures import to_ras
 
 
 def _plt():
@@ -42,28 +42,21 @@ def case_slices(sample, index=None):
     Returns
     -------
     callable
-        ``slicer(volume) -> dict`` with 2D arrays ``axial``, ``coronal``, ``sagittal`` (rows from
-        bottom to top, for ``origin="lower"``), cropped to the mask's bounding box plus 3 voxels,
-        their ``extent_*`` in mm and the ``index``.
+        ``slicer(volume) -> dict`` of :func:`metaqsm.figures.ras_slices`: 2D arrays ``axial``,
+        ``coronal``, ``sagittal`` on the RAS+ grid (rows from bottom to top, for
+        ``origin="lower"``; not yet in the display convention, which is applied when drawing),
+        cropped to the mask's bounding box plus 3 voxels, their ``extent_*`` in mm and the
+        ``index``.
     """
-    import nibabel.orientations as nio
     from scipy.ndimage import center_of_mass
-
-    from ..figures import ras_orientation
 
     affine = sample.get("affine")
     vsz = np.asarray(sample["voxel_size"], float)
-    if affine is not None:
-        ornt = ras_orientation(affine)
-        mask = nio.apply_orientation(np.asarray(sample["mask"]), ornt)
-        vsz_ras = np.empty(3)
-        vsz_ras[ornt[:, 0].astype(int)] = vsz
-    else:
-        mask, ornt, vsz_ras = np.asarray(sample["mask"]), None, vsz
+    mask = to_ras(np.asarray(sample["mask"]), affine)[0]
+    vsz_ras = vsz if affine is None else ras_voxel_size(vsz, affine)
     if index is None:
         com = center_of_mass(mask.astype(np.float32)) if mask.any() else np.array(mask.shape) / 2
         index = [int(np.clip(round(c), 0, n - 1)) for c, n in zip(com, mask.shape)]
-    i, j, k = (int(v) for v in index)
     # crop to the mask's bounding box (plus a margin) so the brain fills the panels
     if mask.any():
         nz_ = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
@@ -71,24 +64,12 @@ def case_slices(sample, index=None):
         hi = [min(s, int(n[-1]) + 4) for n, s in zip(nz_, mask.shape)]
     else:
         lo, hi = [0, 0, 0], list(mask.shape)
-    (x0, y0, z0), (x1, y1, z1) = lo, hi
-    dx, dy, dz = vsz_ras
 
     def slicer(volume):
-        v = np.asarray(volume)
-        if ornt is not None:
-            v = nio.apply_orientation(v, ornt)
+        v = to_ras(np.asarray(volume), affine)[0]
         if v.dtype == bool:
             v = v.astype(np.uint8)
-        return {
-            "axial": np.ascontiguousarray(v[x0:x1, y0:y1, k].T),
-            "coronal": np.ascontiguousarray(v[x0:x1, j, z0:z1].T),
-            "sagittal": np.ascontiguousarray(v[i, y0:y1, z0:z1].T),
-            "extent_axial": np.array([x0 * dx, x1 * dx, y0 * dy, y1 * dy]),
-            "extent_coronal": np.array([x0 * dx, x1 * dx, z0 * dz, z1 * dz]),
-            "extent_sagittal": np.array([y0 * dy, y1 * dy, z0 * dz, z1 * dz]),
-            "index": np.array([i, j, k]),
-        }
+        return ras_slices(v, index, voxel_size=vsz_ras, bounds=(lo, hi))
 
     return slicer
 
@@ -118,14 +99,21 @@ def _grey():
     return matplotlib.colormaps["gray"].with_extremes(bad="black")
 
 
-def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi_window=None,
-                 error_window=None, dpi=110):
+def slice_figure(path, rows, *, dpi=110, **kwargs):
+    """Write :func:`plot_slices`'s figure to the PNG ``path``; returns the path."""
+    fig = plot_slices(rows, **kwargs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path, dpi)
+    return path
+
+
+def plot_slices(rows, *, field=None, truth=None, mask=None, title="", chi_window=None,
+                error_window=None, convention=CONVENTION):
     """Orthogonal slices of the field, the truth and every reconstruction, with error maps.
 
     Parameters
     ----------
-    path : path
-        PNG to write.
     rows : list of (label, slices)
         One row per method: its label (e.g. "TKD\\nRMSE 61.2%") and the dict of
         :func:`case_slices`.
@@ -137,10 +125,12 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
         the 99.5th percentile of |truth| (or of the reconstructions without truth).
     error_window : float, optional
         Half width (ppm) of the symmetric grey scale of the error maps (reconstruction - truth).
+    convention : {"radiological", "neurological"}
+        Default :data:`metaqsm.figures.CONVENTION`, the one every picture of the package uses.
 
     Returns
     -------
-    Path
+    matplotlib.figure.Figure
     """
     plt = _plt()
     from matplotlib import gridspec
@@ -192,8 +182,8 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
         win = field_window if kind == "field" else chi_window
         for c, v in enumerate(VIEWS):
             ax = fig.add_subplot(gs[r, c])
-            im = ax.imshow(img(sl, v), cmap=cmap, vmin=-win, vmax=win, origin="lower",
-                           extent=ext[v], interpolation="nearest")
+            im = show_slice(ax, img(sl, v), v, extent=ext[v], convention=convention, cmap=cmap,
+                            vmin=-win, vmax=win, letters=r == 0, letter_size=7)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -201,7 +191,6 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
             if r == 0:
                 idx = ref["index"]
                 ax.set_title(f"{v}\n{'xyz'[2 - c]} = {int(idx[2 - c])}", fontsize=8)
-                _letters(ax, v)
             if kind == "field":
                 field_im = im
             else:
@@ -217,8 +206,9 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
             err_rows.append(r)
             for c, v in enumerate(VIEWS):
                 ax = fig.add_subplot(gs[r, 5 + c])
-                err_im = ax.imshow(errs[label][v], cmap=cmap, vmin=-error_window, vmax=error_window,
-                                   origin="lower", extent=ext[v], interpolation="nearest")
+                err_im = show_slice(ax, errs[label][v], v, extent=ext[v], convention=convention,
+                                    cmap=cmap, vmin=-error_window, vmax=error_window,
+                                    letters=r == err_rows[0], letter_size=7)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if r == err_rows[0]:
@@ -233,21 +223,11 @@ def slice_figure(path, rows, *, field=None, truth=None, mask=None, title="", chi
         cb = fig.colorbar(err_im, cax=cax)
         cb.set_label("error: method - truth (ppm)", fontsize=8)
         cb.ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, path, dpi)
-    return path
-
-
-def _letters(ax, view):
-    left, right, bottom, top = _LETTERS[view]
-    kw = {"color": "yellow", "fontsize": 7, "transform": ax.transAxes, "fontweight": "bold"}
-    ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
-    ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
-    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
-    ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
+    label = f"{title}  " if title else ""
+    fig.suptitle(f"{label}({convention} convention)", fontsize=10)
+    fig.text(0.005, 0.005, convention_label(convention), fontsize=7, color="0.3", ha="left",
+             va="bottom")
+    return fig
 
 
 def _save(fig, path, dpi):
