@@ -171,3 +171,29 @@ def test_real_data(shared_data):
     assert np.median(a.residual[mask]) < 0.05
     assert np.median(diff) < 2 * np.median(a.noise[mask])
     assert np.percentile(np.abs(a.field[mask]), 99) < 2.0  # brain fields are well below 2 ppm
+
+
+# ------------------------------------------------------------------ reliable_mask
+def test_reliable_mask_drops_the_rim_without_signal_and_keeps_inner_dark_voxels():
+    from metaqsm.phase import reliable_mask
+
+    brain = np.zeros((24, 24, 24), bool)
+    brain[4:20, 4:20, 4:20] = True
+    given = np.zeros_like(brain)
+    given[3:21, 3:21, 3:21] = True          # skull stripping one voxel too generous
+    noise = np.where(brain, 0.002, 0.5)      # no signal outside the brain
+    noise[12, 12, 12] = 0.5                  # a dark voxel inside (a vein): kept
+    rng = np.random.default_rng(0)
+    noise = noise * rng.uniform(0.9, 1.1, noise.shape)
+    keep, dropped = reliable_mask(given, noise)
+    assert np.array_equal(keep, brain)
+    assert dropped == given.sum() - brain.sum()
+    # a clean fit (no outliers) keeps everything, a noise-free one too
+    keep, dropped = reliable_mask(brain, np.full(brain.shape, 0.002))
+    assert dropped == 0 and np.array_equal(keep, brain)
+    keep, dropped = reliable_mask(brain, np.zeros(brain.shape))
+    assert dropped == 0 and np.array_equal(keep, brain)
+    with pytest.raises(ValueError, match="factor must be above 1"):
+        reliable_mask(brain, noise, factor=0.5)
+    with pytest.raises(ValueError, match="noise must have the mask's shape"):
+        reliable_mask(brain, noise[:-1])
