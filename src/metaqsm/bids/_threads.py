@@ -1,0 +1,75 @@
+"""Threads per subject, so that N subjects at once do not oversubscribe the cores.
+
+Three pools run a subject's work: scipy's FFTs (``metaqsm._fft.WORKERS``, all cores by
+default, bound by name into the modules that import it), the BLAS/OpenMP pools of numpy and
+scipy (through threadpoolctl when it is installed, and the ``OMP_NUM_THREADS`` family of
+environment variables for what starts later), and torch's intra-op pool for the networks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+
+__all__ = ["available_cores", "limit_threads", "THREAD_ENV"]
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+# the modules that bind metaqsm._fft.WORKERS at import (``from ._fft import WORKERS``)
+_WORKER_MODULES = ("metaqsm._fft", "metaqsm.kernels", "metaqsm._fd")
+
+
+def available_cores():
+    """Cores this process may run on (its CPU affinity, e.g. a SLURM allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def limit_threads(n):
+    """Run a block with at most ``n`` threads in each pool; restore the settings after.
+
+    ``n`` None leaves everything as it is.
+    """
+    if n is None:
+        yield
+        return
+    n = max(1, int(n))
+    saved_env = {k: os.environ.get(k) for k in THREAD_ENV}
+    os.environ.update({k: str(n) for k in THREAD_ENV})
+    for name in _WORKER_MODULES:
+        importlib.import_module(name)
+    modules = [m for name, m in list(sys.modules.items())
+               if name.startswith("metaqsm") and m is not None
+               and isinstance(getattr(m, "WORKERS", None), int)]
+    saved_workers = {m: m.WORKERS for m in modules}
+    for m in modules:
+        m.WORKERS = n
+    torch = sys.modules.get("torch")
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(limits=n))
+        except ImportError:
+            pass
+        try:
+            yield
+        finally:
+            for m, w in saved_workers.items():
+                m.WORKERS = w
+            if saved_torch is not None:
+                sys.modules["torch"].set_num_threads(saved_torch)
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
