@@ -202,8 +202,12 @@ def show_slice(ax, image, view, *, extent=None, convention=CONVENTION, letters=T
     ax.set_xlim(0.0, width)
     ax.set_ylim(0.0, height)
     if letters:
+        from matplotlib import patheffects
+
+        # a dark rim keeps the letters legible on bright pictures (R2*, magnitude)
         kw = {"color": letter_color, "fontsize": letter_size, "fontweight": "bold",
-              "transform": ax.transAxes}
+              "transform": ax.transAxes,
+              "path_effects": [patheffects.withStroke(linewidth=2.5, foreground="black")]}
         ax.text(0.015, 0.5, left, ha="left", va="center", **kw)
         ax.text(0.985, 0.5, right, ha="right", va="center", **kw)
         ax.text(0.5, 0.015, bottom, ha="center", va="bottom", **kw)
