@@ -191,12 +191,18 @@ def test_report_from_a_pipeline_result(tmp_path):
                          parameters=PARAMETERS, timings=TIMINGS)
     out = subject_report_from_result(tmp_path / "sub-02.html", res, magnitude=s["magnitude"],
                                      title="sub-02")
+    assert out["status"] == "ok" and out["numbers"]["total time (s)"] == pytest.approx(6.75)
     text = (tmp_path / "sub-02.html").read_text()
     p = _parse(text)
     assert {"magnitude", "mask", "total-field", "local-field", "chi"} <= set(p.ids)
     assert "r2star" not in p.ids and "swi" not in p.ids
     assert "field strength (T)" in text and "[0.004, 0.008, 0.012, 0.016]" in text
-    assert out["status"] == "ok" and out["numbers"]["total time (s)"] == pytest.approx(6.75)
+    # the warnings the pipeline's stages recorded come first (when results carry them)
+    res.warnings = ["bgremove: radius reduced to 5.4 mm"]
+    out = subject_report_from_result(tmp_path / "sub-03.html", res, magnitude=s["magnitude"],
+                                     warnings=["echo times from the sidecar"])
+    assert out["warnings"][:2] == ["bgremove: radius reduced to 5.4 mm",
+                                   "echo times from the sidecar"]
 
 
 def test_group_index(tmp_path, report):

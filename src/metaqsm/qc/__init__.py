@@ -248,7 +248,8 @@ def subject_report_from_result(path, result, *, magnitude, r2star=None, swi=None
     result : PipelineResult
         Its maps, masks, affine, parameters and timings; the acquisition (echo times, field
         strength, voxel size, B0 direction) joins the parameters table. ``r2star`` and ``swi``
-        default to the result's attributes of those names when it has them.
+        default to the result's attributes of those names when it has them, and the warnings
+        its stages recorded (``result.warnings``, when it has them) come before ``warnings``.
     magnitude : (X, Y, Z) or (X, Y, Z, E) array
         The magnitude the pipeline ran on (a result does not keep it).
     r2star, swi, warnings, title, force :
@@ -266,13 +267,15 @@ def subject_report_from_result(path, result, *, magnitude, r2star=None, swi=None
         "B0 direction": [float(v) for v in np.ravel(result.b0_dir)],
     }}
     params.update(result.parameters or {})
+    recorded = [str(w) for w in (getattr(result, "warnings", None) or [])]
+    recorded += [str(w) for w in warnings if str(w) not in recorded]
     return write_subject_report(
         path, magnitude=magnitude, mask=result.mask, eroded_mask=result.eroded_mask,
         total_field=result.total_field, local_field=result.local_field, chi=result.chi,
         affine=result.affine,
         r2star=r2star if r2star is not None else getattr(result, "r2star", None),
         swi=swi if swi is not None else getattr(result, "swi", None),
-        parameters=params, warnings=warnings, timings=result.timings, title=title, force=force)
+        parameters=params, warnings=recorded, timings=result.timings, title=title, force=force)
 
 
 def _entry_summary(entry, folder):
