@@ -96,3 +96,81 @@ def test_errors(head):
         erode_mask(mag > 0.5, voxel_size=VSZ, radius_mm=-2)
     with pytest.raises(ValueError, match="mask must be a 3D volume"):
         erode_mask(np.ones((4, 4)), voxel_size=VSZ, radius_mm=1)
+
+
+# ----------------------------------------------------------------------------- erosions that fit
+def _ball(radius_mm, vsz, half_extent_mm=None):
+    vsz = np.asarray(vsz, float)
+    half = radius_mm + 4 * vsz.max() if half_extent_mm is None else half_extent_mm
+    axes = [np.arange(-np.floor(half / d), np.floor(half / d) + 1) * d for d in vsz]
+    X, Y, Z = np.meshgrid(*axes, indexing="ij")
+    return X ** 2 + Y ** 2 + Z ** 2 <= radius_mm ** 2
+
+
+@pytest.mark.parametrize("vsz", [(1.0, 1.0, 1.0), (1.0, 1.0, 2.0)])
+def test_adapt_radius_keeps_half_of_a_ball(vsz):
+    """Eroding a ball of radius R by r keeps ((R - r) / R)^3 of it: half at
+    r = R (1 - 0.5^(1/3)) = 4.13 mm for R = 20 mm."""
+    from metaqsm.mask import adapt_radius, mask_depth
+
+    ball = _ball(20.0, vsz)
+    depth = mask_depth(ball, voxel_size=vsz)
+    assert abs(depth.max() - 20.0) <= max(vsz) and np.all(depth[~ball] == 0)
+    r, kept, kept_wanted = adapt_radius(ball, voxel_size=vsz, radius_mm=6.0)
+    expected = 20.0 * (1 - 0.5 ** (1 / 3))
+    print(f"adapt_radius {vsz}: {r:.2f} mm (ball: {expected:.2f} mm), keeps {kept:.3f}; "
+          f"6 mm keeps {kept_wanted:.3f} ((14/20)^3 = {0.7 ** 3:.3f})")
+    assert abs(r - expected) < max(vsz) and kept >= 0.5
+    assert abs(kept_wanted - 0.7 ** 3) < 0.05
+    # what it reports is what the erosion keeps
+    er = erode_mask(ball, voxel_size=vsz, radius_mm=r)
+    assert er.sum() / ball.sum() == pytest.approx(kept)
+    # a radius that keeps enough is used as is; the floor wins over the fraction
+    assert adapt_radius(ball, voxel_size=vsz, radius_mm=2.0)[0] == 2.0
+    assert adapt_radius(ball, voxel_size=vsz, radius_mm=6.0, min_radius_mm=5.0)[0] == 5.0
+    with pytest.raises(ValueError, match="keep must be a fraction"):
+        adapt_radius(ball, voxel_size=vsz, radius_mm=6.0, keep=2.0)
+
+
+def test_check_eroded_refuses_empty_and_warns_on_loss():
+    from metaqsm.mask import MaskWarning, check_eroded
+
+    slab = np.zeros((20, 20, 6), bool)
+    slab[2:18, 2:18, 2:3] = True  # one slice
+    with pytest.raises(ValueError, match=r"erosion X is empty \(its deepest voxel lies 2 mm inside "
+                                         r"it and it is 1 slice of 2 mm thick along axis 2\); do Y"):
+        check_eroded(slab, np.zeros_like(slab), voxel_size=(1, 1, 2), what="erosion X",
+                     hint="do Y")
+    part = slab.copy()
+    part[2:18, 2:7] = False  # keeps 11 of 16 rows
+    assert check_eroded(slab, part, voxel_size=(1, 1, 2), what="e") == pytest.approx(11 / 16)
+    part[2:18, 2:12] = False  # keeps 6 of 16
+    with pytest.warns(MaskWarning, match=r"e keeps only 37.5 % of the mask \(96 of 256 voxels\)"):
+        check_eroded(slab, part, voxel_size=(1, 1, 2), what="e")
+
+
+def test_brain_mask_erosion_never_empties_silently(head):
+    from metaqsm.mask import MaskWarning
+
+    mag, _ = head
+    with pytest.raises(ValueError, match="the brain mask eroded by erode_mm 60 mm is empty.*use a "
+                                         "smaller erode_mm"):
+        brain_mask(mag, voxel_size=VSZ, erode_mm=60)
+    with pytest.warns(MaskWarning, match="eroded by erode_mm 12 mm keeps only"):
+        brain_mask(mag, voxel_size=VSZ, erode_mm=12)
+
+
+def test_check_thickness_warns_on_a_slab():
+    import warnings
+
+    from metaqsm.mask import MaskWarning, check_thickness
+
+    ball = _ball(20.0, (1, 1, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        extent = check_thickness(ball, voxel_size=(1, 1, 2))
+    np.testing.assert_allclose(extent, [41, 41, 42])
+    slab = np.zeros_like(ball)
+    slab[..., 10:12] = ball[..., 10:12]
+    with pytest.warns(MaskWarning, match=r"only 2 slices \(4 mm\) thick along axis 2"):
+        check_thickness(slab, voxel_size=(1, 1, 2))

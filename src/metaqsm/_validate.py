@@ -6,6 +6,29 @@ from __future__ import annotations
 import numpy as np
 
 
+class MetaqsmWarning(UserWarning):
+    """Base of metaqsm's own warnings: the pipeline records these in its outputs' sidecars and
+    log (``Warnings``); other warnings pass through unrecorded."""
+
+
+class MaskWarning(MetaqsmWarning):
+    """A mask that lost most of the brain (an erosion keeping less than half of it), or an
+    erosion radius reduced to fit a small mask."""
+
+
+def warn(message, category=MetaqsmWarning):
+    """``warnings.warn`` attributed to the caller's code: the first frame outside metaqsm."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def as_volume(x, name="field", *, ndim=3, dtype=np.float32, allow_complex=False):
     """Return ``x`` as a finite real (or complex) array of ``ndim`` dimensions.
 

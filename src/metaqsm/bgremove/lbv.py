@@ -8,6 +8,7 @@ from scipy import ndimage as ndi
 from .._fd import laplacian, poisson_solver
 from .._linalg import cg
 from .._validate import as_int, as_positive
+from ..mask import check_eroded, erode_mask
 from ._grid import check_inputs
 
 
@@ -58,6 +59,14 @@ def lbv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-3, max_iter=N
     interior = ndi.binary_erosion(mask, ndi.generate_binary_structure(3, 1), border_value=0)
     if not interior.any():
         raise ValueError("mask has no interior voxels (every voxel touches its boundary)")
+    out_mask = interior
+    if peel > 0:  # before the solve: a peel that removes everything fails at once
+        out_mask = erode_mask(interior, voxel_size=vsz, radius_mm=peel)
+        if not out_mask.any():
+            raise ValueError(f"peel_mm={peel} removes the whole mask")
+    check_eroded(mask, out_mask, voxel_size=vsz, what="lbv: the mask less its outer layer"
+                 + (f" and peel_mm {peel:g} mm" if peel > 0 else ""),
+                 hint="use a smaller peel_mm, or pdf (no erosion)")
     idx = np.nonzero(interior)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
     big = tuple(slice(s.start - 1, s.stop + 1) for s in box)  # one boundary layer around
@@ -88,11 +97,4 @@ def lbv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), tol=1e-3, max_iter=N
     x, _ = cg(A, b, M=precond, tol=tol, max_iter=max_iter)
     local = np.zeros(mask.shape, np.float32)
     local[big] = (x * inside).astype(np.float32)
-    out_mask = interior
-    if peel > 0:
-        from ..mask import erode_mask
-
-        out_mask = erode_mask(interior, voxel_size=vsz, radius_mm=peel)
-        if not out_mask.any():
-            raise ValueError(f"peel_mm={peel} removes the whole mask")
     return np.where(out_mask, local, 0.0).astype(np.float32), out_mask
