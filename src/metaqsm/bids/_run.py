@@ -164,6 +164,10 @@ def _failed(acq, message, output_dir):
             "outputs": [], "log": str(log), "seconds": 0.0}
 
 
+CONNECT_TIMEOUT = "20s"
+"""How long to try reaching a Dask scheduler before giving up (before any work)."""
+
+
 def _connect(address):
     """A Dask client of the scheduler at ``address`` (``tcp://host:port``) or described by a
     scheduler file (JSON)."""
@@ -171,8 +175,8 @@ def _connect(address):
 
     try:
         if str(address).endswith(".json") and Path(address).is_file():
-            return Client(scheduler_file=str(address), timeout="20s")
-        return Client(str(address), timeout="20s")
+            return Client(scheduler_file=str(address), timeout=CONNECT_TIMEOUT)
+        return Client(str(address), timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as exc:
         raise ValueError(f"dask_scheduler: cannot reach a Dask scheduler at {address} "
                          f"({type(exc).__name__}: {exc})") from None
@@ -312,8 +316,8 @@ def run_participants(bids_dir, output_dir, *, participant_label=None, session_la
     if existing:
         what = ", ".join(f"{label} ({'unfinished' if s == 'partial' else 'finished'})"
                          for label, s in existing)
-        hint = "use force to process them again" if skip_existing else \
-            "use skip_existing to keep them, or force to process them again"
+        hint = "use force=True to process them again" if skip_existing else \
+            "use skip_existing=True to keep them, or force=True to process them again"
         raise FileExistsError(f"outputs of {what} exist in {out}; {hint}")
 
     threads = threads_per_subject
