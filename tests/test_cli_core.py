@@ -18,6 +18,7 @@ from metaqsm.cli.cmd_core import METRIC_KEYS, sidecar_path
 from metaqsm.methods import DEFAULT_INVERSION as DEFAULT_METHOD
 from metaqsm.inversion import METHODS, get_method
 from metaqsm.io import b0_dir_from_affine, load_nifti
+from metaqsm.io.derivatives import file_sha256
 from metaqsm.kernels import forward_field
 from metaqsm.metrics import compute_metrics
 from metaqsm.simulate.phantoms import brain_phantom
@@ -72,9 +73,15 @@ def test_forward_matches_library_and_writes_sidecar(data, tmp_path, capsys):
     np.testing.assert_allclose(vol.affine, np.diag([*VSZ, 1.0]))
     np.testing.assert_allclose(vol.data, data["field"], atol=1e-6)
     side = json.loads((tmp_path / "f.json").read_text())
-    assert side["Operation"] == "forward" and side["Kernel"] == "kspace" and side["Pad"] == "auto"
-    assert side["VoxelSize"] == list(VSZ) and side["B0Dir"] == [0.0, 0.0, 1.0]
-    assert side["MetaqsmVersion"]
+    assert side["Operation"] == "forward"
+    assert side["Parameters"]["kernel"] == "kspace" and side["Parameters"]["pad"] == "auto"
+    assert side["VoxelSize"] == list(VSZ) and side["B0Direction"] == [0.0, 0.0, 1.0]
+    assert side["GeneratedBy"][0]["Name"] == "metaqsm" and side["GeneratedBy"][0]["Version"]
+    # one schema for every command (io.derivatives.sidecar): no null values, checksummed inputs
+    assert side["InputChecksums"] == {data["chi_path"]: file_sha256(data["chi_path"])}
+    assert side["CommandLine"].startswith("metaqsm forward ")
+    assert set(side["Timings"]) == {"forward"} and side["Warnings"] == []
+    assert "Weights" not in side and None not in side.values()
 
 
 def test_forward_overrides_and_oblique_affine(data, tmp_path, capsys):
@@ -97,7 +104,8 @@ def test_forward_overrides_and_oblique_affine(data, tmp_path, capsys):
     vol = load_nifti(tmp_path / "h.nii")
     np.testing.assert_allclose(vol.data, expected, atol=1e-6)
     np.testing.assert_allclose(vol.affine, A, atol=1e-6)
-    np.testing.assert_allclose(json.loads((tmp_path / "h.json").read_text())["B0Dir"], b0, atol=1e-12)
+    np.testing.assert_allclose(json.loads((tmp_path / "h.json").read_text())["B0Direction"], b0,
+                               atol=1e-12)
 
 
 # ---------------------------------------------------------------- invert
@@ -120,8 +128,9 @@ def test_invert_tkd_matches_library_with_sidecar(data, tmp_path, capsys):
     assert side["Parameters"]["pad"] == params["pad"].default
     assert set(side["Parameters"]) <= set(params) - {"field", "mask", "voxel_size", "b0_dir"}
     assert side["Inputs"] == {"field": data["field_path"], "mask": data["mask_path"]}
-    assert side["VoxelSize"] == list(VSZ) and side["B0Dir"] == [0.0, 0.0, 1.0]
-    assert isinstance(side["ElapsedSeconds"], float) and side["MetaqsmVersion"]
+    assert side["VoxelSize"] == list(VSZ) and side["B0Direction"] == [0.0, 0.0, 1.0]
+    assert isinstance(side["Timings"]["invert"], float) and side["GeneratedBy"][0]["Version"]
+    assert "Weights" not in side  # a classical method has no weights file
     # a sanity bound: TKD from a noise-free field is a recognisable map
     assert compute_metrics(got, data["chi"], data["mask"])["correlation"] > 0.8
 
@@ -307,3 +316,21 @@ def test_unreadable_inputs_and_outputs_are_one_line_errors(data, tmp_path, capsy
         assert "permission denied" in err and "not writable" in err
     finally:
         ro.chmod(0o700)
+
+
+def test_progress_on_a_terminal_unless_quiet(data, tmp_path, capsys, monkeypatch):
+    """Progress bars go to stderr, only when it is a terminal, and never with --quiet."""
+    assert main(["forward", data["chi_path"], "-o", str(tmp_path / "a.nii.gz")]) == 0
+    assert "metaqsm forward" not in capsys.readouterr().err  # not a terminal
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True, raising=False)
+    assert main(["forward", data["chi_path"], "-o", str(tmp_path / "b.nii.gz")]) == 0
+    assert "metaqsm forward" in capsys.readouterr().err
+    assert main(["forward", data["chi_path"], "-o", str(tmp_path / "c.nii.gz"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    # an iterative inversion shows its iterations
+    argv = ["invert", data["field_path"], "--mask", data["mask_path"], "--method", "tv",
+            "--max-iter", "3"]
+    assert main([*argv, "-o", str(tmp_path / "tv.nii.gz")]) == 0
+    assert "tv" in capsys.readouterr().err
+    assert main([*argv, "-o", str(tmp_path / "tv2.nii.gz"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -156,8 +156,9 @@ def test_stage_commands_chain_like_run(sim_dir, tmp_path):
     assert main(["fit-echoes", "--magnitude", mag, "--phase", phase, "--mask", mask,
                  "-o", str(t / "field.nii.gz"), "--noise-output", str(t / "noise.nii.gz")]) == 0
     assert json.loads((t / "field.json").read_text())["Units"] == "ppm"
+    # the default radius, as run's (6 mm, adapted to this small phantom's mask)
     assert main(["bgremove", str(t / "field.nii.gz"), "--mask", mask, "-o", str(t / "local.nii.gz"),
-                 "--mask-output", str(t / "eroded.nii.gz"), "--option", "radius=6"]) == 0
+                 "--mask-output", str(t / "eroded.nii.gz")]) == 0
     assert main(["invert", str(t / "local.nii.gz"), "--mask", str(t / "eroded.nii.gz"),
                  "--method", "tkd", "-o", str(t / "chi.nii.gz")]) == 0
     # the chain gives what `run` gives with the same mask
@@ -276,3 +277,99 @@ def test_run_does_not_import_torch(sim_dir, tmp_path):
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+# ----------------------------------------------------------------------------- one sidecar schema
+_OLD_KEYS = {"B0Dir", "MetaqsmVersion", "ElapsedSeconds"}
+_COMMON_KEYS = {"Operation", "CommandLine", "GeneratedBy", "VoxelSize", "B0Direction", "Inputs",
+                "Timings", "Warnings"}
+
+
+def _no_nulls(obj, where):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            assert v is not None, f"{where}: {k} is null"
+            _no_nulls(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for v in obj:
+            _no_nulls(v, where)
+
+
+def test_every_command_writes_one_sidecar_schema(sim_dir, tmp_path):
+    """simulate, run, the stage commands, forward and invert: the same keys (BIDS GeneratedBy,
+    B0Direction, checksummed inputs, timings, warnings), no nulls, no network weights for
+    classical methods, and a log beside folder outputs."""
+    from metaqsm.io.derivatives import file_sha256
+
+    mag, phase, mask = (str(_sim(sim_dir, k)) for k in ("mag", "phase", "mask"))
+    t = tmp_path
+    assert main(["fit-echoes", "--magnitude", mag, "--phase", phase, "--mask", mask,
+                 "-o", str(t / "field.nii.gz")]) == 0
+    assert main(["bgremove", str(t / "field.nii.gz"), "--mask", mask, "-o", str(t / "local.nii.gz"),
+                 "--mask-output", str(t / "er.nii.gz")]) == 0
+    assert main(["invert", str(t / "local.nii.gz"), "--mask", str(t / "er.nii.gz"), "--method",
+                 "tkd", "-o", str(t / "chi.nii.gz")]) == 0
+    assert main(["forward", str(t / "chi.nii.gz"), "-o", str(t / "fwd.nii.gz")]) == 0
+    assert main(["mask", mag, "-o", str(t / "m.nii.gz")]) == 0
+    assert main(["unwrap", phase, "-o", str(t / "uw.nii.gz")]) == 0
+    sidecars = {p.stem: p for p in t.glob("*.json")}
+    sidecars["run"] = sim_dir / "out" / "sub-02_Chimap.json"
+    sidecars["simulate"] = sim_dir / "sim" / "sub-02_part-phase_MEGRE.json"
+    for name, path in sidecars.items():
+        side = json.loads(path.read_text())
+        assert _COMMON_KEYS <= set(side), (name, _COMMON_KEYS - set(side))
+        assert not _OLD_KEYS & set(side), name
+        assert side["GeneratedBy"][0]["Name"] == "metaqsm", name
+        assert side["CommandLine"].startswith(f"metaqsm {side['Operation']} "), name
+        assert "Weights" not in side, name
+        _no_nulls(side, name)
+        assert side["InputChecksums"], name
+        for p, digest in side["InputChecksums"].items():
+            assert digest == file_sha256(p), (name, p)
+        assert ("Stages" in side) == (side["Operation"] == "run"), name
+        assert ("Method" in side) == (side["Operation"] != "run"), name
+    bg = json.loads(sidecars["local"].read_text())
+    assert bg["Method"] == "resharp" and bg["Operation"] == "bgremove"
+    assert bg["Warnings"] and "reduced to" in bg["Warnings"][0]  # a small phantom
+    # folder outputs have a log beside them
+    for log in (sim_dir / "out" / "sub-02_log.txt", sim_dir / "sim" / "sub-02_log.txt"):
+        text = log.read_text()
+        assert text.startswith("metaqsm ") and "command: metaqsm " in text and "timings" in text
+
+
+def test_one_slice_siemens_series(shared_data, tmp_path, capsys):
+    """The real one-slice Siemens GRE_QSM (3.5 mm): RESHARP is refused in words that say why
+    and what works, before the outputs exist; with PDF the run ends with the slab warning in the
+    sidecars and the log."""
+    dcm = shared_data / "real-dicom" / "siemens-megre"
+    out = tmp_path / "o"
+    assert main(["run", "--dicom", str(dcm), "-o", str(out), "--quiet", "--no-figure"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: the brain mask is only 1 slice (3.5 mm) thick along axis 2" in err
+    assert ("error: resharp: the mask eroded by the smallest default sphere (radius 6 mm) is "
+            "empty" in err and "use a method without erosion (pdf)" in err), err
+    assert _no_files(out)
+    assert main(["run", "--dicom", str(dcm), "-o", str(out), "--quiet", "--no-figure",
+                 "--bgremove", "pdf", "--method", "tkd"]) == 0
+    side = json.loads((out / "sub-01_Chimap.json").read_text())
+    assert side["Inputs"]["dicom"] == str(dcm) and "series" not in side["Inputs"]
+    assert len(side["InputChecksums"][str(dcm)]) == 64
+    assert side["Warnings"][0].startswith("mask: the brain mask is only 1 slice")
+    assert "1 slice" in (out / "sub-01_log.txt").read_text()
+
+
+def test_simulate_and_run_show_progress_on_a_terminal(sim_dir, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True, raising=False)
+    args = ["simulate", str(sim_dir / "chi.nii.gz"), "--mask", str(sim_dir / "mask.nii.gz")]
+    assert main([*args, "-o", str(tmp_path / "s")]) == 0
+    assert "simulate" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "q"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    run = ["run", "--magnitude", str(_sim(sim_dir, "mag")), "--phase", str(_sim(sim_dir, "phase")),
+           "--mask", str(_sim(sim_dir, "mask")), "--method", "tkd", "--no-figure"]
+    assert main([*run, "-o", str(tmp_path / "r")]) == 0
+    assert "metaqsm:" in capsys.readouterr().err  # the stage bar
+    assert main([*run, "-o", str(tmp_path / "r2"), "--quiet"]) == 0
+    assert "metaqsm:" not in capsys.readouterr().err

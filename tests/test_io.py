@@ -181,3 +181,44 @@ def test_check_output_paths(tmp_path):
     check_output_paths([tmp_path / "exists.nii.gz"], force=True)
     with pytest.raises(FileNotFoundError, match="output folder .*missing does not exist"):
         check_output_paths([tmp_path / "missing" / "a.nii.gz"])
+
+
+# ----------------------------------------------------------------------------- provenance
+def test_sidecar_schema_checksums_and_weights(tmp_path):
+    import hashlib
+
+    from metaqsm.io.derivatives import (file_sha256, input_checksums, log_text, sidecar,
+                                        weights_record)
+
+    a = tmp_path / "a.nii.gz"
+    a.write_bytes(b"abc")
+    assert file_sha256(a) == hashlib.sha256(b"abc").hexdigest()
+    folder = tmp_path / "dicom"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "1.dcm").write_bytes(b"x")
+    first = file_sha256(folder)
+    (folder / "sub" / "1.dcm").write_bytes(b"yz")  # another file version: another checksum
+    assert len(first) == 64 and file_sha256(folder) != first
+    inputs = {"magnitude": [str(a)], "EchoTimeSource": "argument", "dicom": str(folder)}
+    assert set(input_checksums(inputs)) == {str(a), str(folder)}
+    meta = sidecar(operation="invert", method="tkd", parameters={"threshold": 0.2, "pad": None},
+                   voxel_size=np.array([1, 1, 2.0]), b0_dir=(0, 0, 1), inputs=inputs,
+                   timings={"invert": 0.12345}, weights=weights_record("tkd"))
+    assert meta["Parameters"] == {"threshold": 0.2}  # a None default is left out, never null
+    assert meta["VoxelSize"] == [1.0, 1.0, 2.0] and meta["B0Direction"] == [0.0, 0.0, 1.0]
+    assert meta["Timings"] == {"invert": 0.123} and meta["Warnings"] == []
+    assert meta["GeneratedBy"][0]["Name"] == "metaqsm" and "Weights" not in meta
+    assert None not in meta.values() and "EchoTime" not in meta
+    # networks: the checkpoint and its hash (the shipped default, picked by voxel size for Mesa)
+    meta_w = weights_record("meta")
+    assert meta_w["File"].endswith("meta.safetensors") and meta_w["SHA256"] == file_sha256(
+        meta_w["File"])
+    assert weights_record("mesa", {}, (0.5, 0.5, 2.0))["File"].endswith("mesa-0.5x0.5x2.safetensors")
+    assert weights_record("mesa", {}, (0.75, 0.75, 3.0))["File"].endswith(
+        "mesa-0.7639x0.7639x3.safetensors")
+    assert weights_record("meta", {"weights": str(a)}) == {"File": str(a),
+                                                           "SHA256": file_sha256(a)}
+    text = log_text(operation="run", command_line="metaqsm run -o x", timings={"mask": 1.0},
+                    warnings=["bgremove: w"], outputs=[a])
+    assert "command: metaqsm run -o x" in text and "  - bgremove: w" in text
+    assert "total: 1.000" in text and "a.nii.gz" in text

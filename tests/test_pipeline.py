@@ -267,3 +267,86 @@ def test_figure_writes_png_atomically(tmp_path):
     with pytest.raises(ValueError, match="vmax must be greater"):
         save_orthogonal(tmp_path / "y.png", vol, vmin=1, vmax=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+# ----------------------------------------------------------------------------- phase units, warnings
+def test_phase_units_rule_applies_to_arrays_before_any_work(tiny, monkeypatch):
+    """The one phase-units rule (metaqsm.units.phase_to_radians) on the arrays run_pipeline is
+    given: a scaled-down phase is refused before the mask stage runs; named units convert."""
+    import metaqsm.mask
+
+    acq, ph = tiny
+    kw = dict(echo_times=acq.echo_times, field_strength=3.0, voxel_size=acq.voxel_size,
+              mask=ph.mask, inversion_method="tkd", progress=False)
+    calls = []
+    real = metaqsm.mask.brain_mask
+    monkeypatch.setattr(metaqsm.mask, "brain_mask", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scaled = 0.3 * acq.phase  # spans 0.6 pi: wrapped phase spans nearly 2 pi
+    with pytest.raises(ValueError, match=r"phase spans only 1.88 rad .*set phase_units "
+                                         r"\"arbitrary\""):
+        run_pipeline(acq.magnitude, scaled, **{**kw, "mask": None})
+    assert calls == []  # refused before the mask stage
+    with pytest.raises(ValueError, match="phase_units must be one of radians"):
+        run_pipeline(acq.magnitude, acq.phase, phase_units="rad", **kw)
+    # told, it is taken: rescaled by pi / max|phase| ("arbitrary") or as is ("radians-unchecked")
+    res = run_pipeline(acq.magnitude, scaled, phase_units="arbitrary", **kw)
+    assert res.parameters["fit-echoes"]["phase_units"] == "arbitrary"
+    assert res.parameters["fit-echoes"]["phase_scale"] == pytest.approx(
+        np.pi / np.abs(scaled).max())
+    run_pipeline(acq.magnitude, scaled, phase_units="radians-unchecked", **kw)
+    # vendor units with "auto": Siemens 12-bit values give the radians' result exactly
+    ref = run_pipeline(acq.magnitude, acq.phase, **kw)
+    assert "phase_units" not in ref.parameters["fit-echoes"]  # radians: nothing converted
+    siemens = np.round(acq.phase * 4096 / np.pi)
+    res = run_pipeline(acq.magnitude, siemens, phase_units="auto", **kw)
+    assert res.parameters["fit-echoes"]["phase_scale"] == pytest.approx(np.pi / 4096)
+    np.testing.assert_allclose(res.total_field, ref.total_field, atol=2e-3)
+
+
+def test_mask_warnings_are_recorded_on_the_real_romeo_crop(shared_data, tmp_path):
+    """Real 3-echo crop (24 mm wide, the estimated mask touches the borders): RESHARP's 6 mm
+    sphere would keep 133 of its 39,684 voxels. The default radius shrinks and says so; a 6 mm
+    radius asked for is kept, with a warning; both reach the sidecars and the log."""
+    import nibabel as nib
+
+    from metaqsm.mask import MaskWarning
+
+    d = shared_data / "romeo-small"
+    img = nib.load(str(d / "mag.nii.gz"))
+    mag = np.asarray(img.dataobj, np.float32)
+    phase = np.asarray(nib.load(str(d / "phase.nii.gz")).dataobj, np.float32)
+    kw = dict(echo_times=[0.004, 0.008, 0.012], field_strength=3.0,
+              voxel_size=img.header.get_zooms()[:3], phase_units="arbitrary",
+              inversion_method="tkd", progress=False)
+    with pytest.warns(MaskWarning, match=r"resharp: the default radius of 6 mm would keep 0.3 % "
+                                         r"of the mask, reduced to 2 mm"):
+        res = run_pipeline(mag, phase, **kw)
+    kept = res.eroded_mask.sum() / res.mask.sum()
+    print(f"\nromeo-small: mask {int(res.mask.sum())} voxels, eroded keeps {100 * kept:.1f} %; "
+          f"warnings {res.warnings}")
+    assert res.mask.sum() == 39684 and kept > 0.4
+    assert len(res.warnings) == 1 and res.warnings[0].startswith("bgremove: resharp: the default")
+    with pytest.warns(MaskWarning, match=r"keeps only 0.3 % of the mask \(133 of 39684 voxels\)"):
+        res6 = run_pipeline(mag, phase, bgremove_options={"radius": 6.0}, **kw)
+    assert res6.eroded_mask.sum() == 133
+    paths = write_outputs(res6, tmp_path / "o", warnings=["read: a note"], log=True,
+                          command_line="metaqsm run ...")
+    side = json.loads(paths["chimap"].with_name("sub-01_Chimap.json").read_text())
+    assert side["Warnings"] == ["read: a note"] + res6.warnings
+    log = paths["log"].read_text()
+    assert "command: metaqsm run ..." in log and "keeps only 0.3 %" in log
+    assert "timings (s):" in log and "bgremove:" in log
+
+
+def test_progress_goes_to_a_terminal_only(tiny, capsys, monkeypatch):
+    acq, ph = tiny
+    kw = dict(echo_times=acq.echo_times, field_strength=3.0, voxel_size=acq.voxel_size,
+              mask=ph.mask, inversion_method="tkd")
+    run_pipeline(acq.magnitude, acq.phase, progress=True, **kw)
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here
+    monkeypatch.setattr(type(__import__("sys").stderr), "isatty", lambda self: True,
+                        raising=False)
+    run_pipeline(acq.magnitude, acq.phase, progress=True, **kw)
+    assert "metaqsm" in capsys.readouterr().err
+    run_pipeline(acq.magnitude, acq.phase, progress=False, **kw)
+    assert capsys.readouterr().err == ""

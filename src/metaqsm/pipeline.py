@@ -16,16 +16,20 @@ their JSON sidecars and the picture, all or nothing.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ._validate import as_b0_dir, as_mask, as_voxel_size, check_phase_radians
+from ._validate import MetaqsmWarning, as_b0_dir, as_mask, as_voxel_size, check_phase_radians
 from ._validate import check_acquisition as check_inputs
-from ._version import __version__
 from .methods import DEFAULT_BGREMOVE, DEFAULT_INVERSION, bgremoval, inversion
+from .units import PHASE_UNITS, phase_to_radians
 
 __all__ = [
     "DEFAULT_INVERSION",
@@ -39,6 +43,8 @@ __all__ = [
     "call_inversion",
     "write_outputs",
     "output_paths",
+    "record_warnings",
+    "show_progress",
 ]
 
 DEFAULT_FIT = "nonlinear"
@@ -72,6 +78,10 @@ class PipelineResult:
         Per stage: the method and its options (what the sidecars record).
     timings : dict
         Seconds per stage.
+    warnings : list of str
+        metaqsm's warnings raised by the stages (:class:`metaqsm._validate.MetaqsmWarning`:
+        a mask that lost most of the brain, a radius reduced to fit the mask), as
+        ``"<stage>: <message>"``; the sidecars and the log record them.
     """
 
     chi: np.ndarray
@@ -89,17 +99,47 @@ class PipelineResult:
     parameters: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     residual: np.ndarray | None = field(default=None, repr=False)
+    warnings: list = field(default_factory=list)
+
+
+def show_progress(progress):
+    """Whether to draw progress bars: asked for, and stderr is a terminal (never into logs)."""
+    return bool(progress) and sys.stderr.isatty()
 
 
 def call_inversion(method, local_field, mask, *, voxel_size, b0_dir, options=None, magnitude=None,
-                   noise_std=None):
+                   noise_std=None, progress=False):
     """Run the registered inversion ``method`` (:mod:`metaqsm.methods`), passing ``magnitude``
-    and ``noise_std`` when it uses them (MEDI's edge mask and data weighting)."""
+    and ``noise_std`` when it uses them (MEDI's edge mask and data weighting), and ``progress``
+    (its iteration bar) when it takes it."""
     m = inversion(method)
     opts = m.check_options(options)
     for key, value in m.inputs_from({"magnitude": magnitude, "noise_std": noise_std}).items():
         opts.setdefault(key, value)
-    return m.function()(local_field, mask, voxel_size=voxel_size, b0_dir=b0_dir, **opts)
+    func = m.function()
+    if progress and "progress" in inspect.signature(func).parameters:
+        opts["progress"] = True
+    return func(local_field, mask, voxel_size=voxel_size, b0_dir=b0_dir, **opts)
+
+
+@contextlib.contextmanager
+def record_warnings(into, stage):
+    """Collect metaqsm's warnings (:class:`~metaqsm._validate.MetaqsmWarning`) raised in the
+    block into the list ``into`` as ``"<stage>: <message>"``; every warning is then passed on
+    to the caller's filters as usual."""
+    pending = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                pending = list(caught)
+    finally:  # also when the stage fails: what it warned of helps to read the error
+        for w in pending:
+            if issubclass(w.category, MetaqsmWarning):
+                into.append(f"{stage}: {w.message}")
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _checked_method(lookup, name, options, stage):
@@ -115,13 +155,15 @@ def _checked_method(lookup, name, options, stage):
 def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0_dir=(0, 0, 1),
                  affine=None, mask=None, fit_method=DEFAULT_FIT, unwrap_method=DEFAULT_UNWRAP,
                  mask_options=None, bgremove_method=DEFAULT_BGREMOVE, bgremove_options=None,
-                 inversion_method=DEFAULT_INVERSION, inversion_options=None, progress=True):
+                 inversion_method=DEFAULT_INVERSION, inversion_options=None,
+                 phase_units="radians", progress=True):
     """From multi-echo magnitude and phase to a susceptibility map.
 
     Parameters
     ----------
     magnitude, phase : (X, Y, Z, E) or (X, Y, Z) arrays
-        Magnitude (any unit) and wrapped phase in radians, echoes on the last axis.
+        Magnitude (any unit) and wrapped phase (radians unless ``phase_units`` says otherwise),
+        echoes on the last axis.
     echo_times : sequence of E floats
         Seconds, increasing.
     field_strength : float
@@ -141,7 +183,8 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
     mask_options : dict, optional
         Keywords of :func:`metaqsm.mask.brain_mask` (method, erode_mm, fill_holes).
     bgremove_method : str
-        Background removal (default "resharp", 6 mm sphere); see :mod:`metaqsm.bgremove`.
+        Background removal (default "resharp", 6 mm sphere, smaller on a small mask: see
+        :func:`metaqsm.bgremove.resharp`); see :mod:`metaqsm.bgremove`.
     bgremove_options : dict, optional
         Its keywords (e.g. ``{"radius": 6.0}``).
     inversion_method : str or None
@@ -149,8 +192,15 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
         removal (``chi`` is then None), e.g. to compare inversions on the same local field.
     inversion_options : dict, optional
         Its keywords. ``magnitude`` and ``noise_std`` are added when the method accepts them.
+    phase_units : str
+        Units of ``phase``, one of :data:`metaqsm.units.PHASE_UNITS`, applied first by the one
+        phase-units rule (:func:`metaqsm.units.phase_to_radians`): the default ``"radians"``
+        refuses values outside -pi..pi / 0..2 pi and a phase spanning less than pi (a
+        scaled-down image); ``"radians-unchecked"`` takes radians of any span (e.g. phase a
+        reader already converted), ``"auto"`` also maps vendor ranges.
     progress : bool
-        Show a progress bar over the stages (stderr).
+        Show progress bars over the stages and the inversion's iterations, on stderr when it is
+        a terminal.
 
     Returns
     -------
@@ -160,15 +210,30 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
     ------
     ValueError
         Magnitude and phase of different shapes, a number of echo times that differs from the
-        number of echoes, phase not in radians, a missing or non-positive field strength, an
-        unknown method.
+        number of echoes, phase not in ``phase_units``, a missing or non-positive field
+        strength, an unknown method; all before any stage runs. Later: a mask that background
+        removal erodes to nothing (too thin for its kernel).
+
+    Warns
+    -----
+    MaskWarning
+        A background-removal mask that keeps less than half of the brain mask, or a default
+        radius reduced to fit a small mask (also recorded in ``PipelineResult.warnings``).
     """
     from tqdm.auto import tqdm
 
-    from .mask import brain_mask
+    from .mask import brain_mask, check_thickness
     from .phase import fit_echoes
 
+    if phase_units not in PHASE_UNITS:
+        raise ValueError(f"phase_units must be one of {', '.join(PHASE_UNITS)}, got "
+                         f"{phase_units!r}")
+    radians = phase_units in ("radians", "radians-unchecked")
+    if not radians:  # vendor units to radians before the shape and range checks
+        phase, scale = phase_to_radians(phase, phase_units)
     mag, ph, tes, b0_t = check_inputs(magnitude, phase, echo_times, field_strength)
+    if radians:  # the span rule on radians (check_inputs refused anything else)
+        ph, scale = phase_to_radians(ph, phase_units)
     shape = ph.shape[:3]
     vsz = as_voxel_size(voxel_size)
     b0 = as_b0_dir(b0_dir)
@@ -188,36 +253,44 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
         except ValueError as exc:
             raise ValueError(f"inversion_method {inversion_method} cannot run here: {exc}") from None
     mask_options = dict(mask_options or {})
+    show = show_progress(progress)
 
-    timings, params = {}, {}
-    bar = tqdm(total=len(STAGES), desc="metaqsm", unit="stage", disable=not progress, leave=False)
+    timings, params, warned = {}, {}, []
+    bar = tqdm(total=len(STAGES), desc="metaqsm", unit="stage", disable=not show, leave=False)
     try:
         t0 = time.perf_counter()
         bar.set_postfix_str("mask")
-        if user_mask is not None:
-            brain = user_mask
-            params["mask"] = {"method": "user"}
-        else:
-            brain = brain_mask(mag, voxel_size=vsz, **mask_options)
-            if not np.any(brain):
-                raise ValueError("the brain mask from the magnitude is empty; give a mask")
-            params["mask"] = {"method": "brain_mask", **mask_options}
+        with record_warnings(warned, "mask"):
+            if user_mask is not None:
+                brain = user_mask
+                params["mask"] = {"method": "user"}
+            else:
+                brain = brain_mask(mag, voxel_size=vsz, **mask_options)
+                if not np.any(brain):
+                    raise ValueError("the brain mask from the magnitude is empty; give a mask")
+                params["mask"] = {"method": "brain_mask", **mask_options}
+            check_thickness(brain, voxel_size=vsz)
         timings["mask"] = time.perf_counter() - t0
         bar.update()
 
         t0 = time.perf_counter()
         bar.set_postfix_str("fit-echoes")
-        fit = fit_echoes(mag, ph, echo_times=tes, field_strength=b0_t, mask=brain,
-                         method=fit_method, unwrap=unwrap_method, voxel_size=vsz)
+        with record_warnings(warned, "fit-echoes"):
+            fit = fit_echoes(mag, ph, echo_times=tes, field_strength=b0_t, mask=brain,
+                             method=fit_method, unwrap=unwrap_method, voxel_size=vsz)
         params["fit-echoes"] = {"method": fit_method, "unwrap": unwrap_method}
+        if not radians:  # the conversion this call made (a reader's is in its inputs record)
+            params["fit-echoes"].update(phase_units=phase_units, phase_scale=scale)
         timings["fit-echoes"] = time.perf_counter() - t0
         bar.update()
 
         t0 = time.perf_counter()
         bar.set_postfix_str("bgremove")
-        local, eroded = bg_func(fit.field, brain, voxel_size=vsz, b0_dir=b0, **bgremove_options)
+        with record_warnings(warned, "bgremove"):
+            local, eroded = bg_func(fit.field, brain, voxel_size=vsz, b0_dir=b0,
+                                    **bgremove_options)
         eroded = np.asarray(eroded, bool)
-        if not eroded.any():
+        if not eroded.any():  # every method refuses this itself; a guard for new ones
             raise ValueError(f"bgremove_method {bgremove_method} left an empty mask: the brain "
                              "mask is too small for its kernel; use a smaller radius")
         params["bgremove"] = {"method": bgremove_method, **bgremove_options}
@@ -228,11 +301,12 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
         if inversion_method is not None:
             t0 = time.perf_counter()
             bar.set_postfix_str("inversion")
-            chi = call_inversion(inversion_method, local, eroded, voxel_size=vsz, b0_dir=b0,
-                                 options=inversion_options,
-                                 magnitude=np.sqrt(np.sum(mag.astype(np.float64) ** 2, -1))
-                                 .astype(np.float32),
-                                 noise_std=fit.noise)
+            with record_warnings(warned, "inversion"):
+                chi = call_inversion(inversion_method, local, eroded, voxel_size=vsz, b0_dir=b0,
+                                     options=inversion_options,
+                                     magnitude=np.sqrt(np.sum(mag.astype(np.float64) ** 2, -1))
+                                     .astype(np.float32),
+                                     noise_std=fit.noise, progress=show)
             chi = np.where(eroded, chi, 0.0).astype(np.float32)
             params["inversion"] = {"method": inversion_method, **inversion_options}
             timings["inversion"] = time.perf_counter() - t0
@@ -256,6 +330,7 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
         parameters=params,
         timings=timings,
         residual=None if getattr(fit, "residual", None) is None else np.asarray(fit.residual),
+        warnings=warned,
     )
 
 
@@ -268,20 +343,6 @@ def output_paths(out_dir, subject="01", session=None):
     return paths, {key: sidecar_path(p) for key, p in paths.items() if key != "figure"}
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist() if obj.size <= 16 else f"array{obj.shape}"
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _save_figure(path, result, name):
     from .figures import save_orthogonal
 
@@ -292,7 +353,8 @@ def _save_figure(path, result, name):
 
 
 def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, force=False,
-                  header=None, figure=True):
+                  header=None, figure=True, warnings=None, command_line=None, log=False,
+                  operation="run"):
     """Write the derivatives of a :class:`PipelineResult`, all or nothing.
 
     Every path is checked before anything is written (an existing file is an error without
@@ -307,24 +369,37 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
     subject, session : str
         BIDS labels.
     inputs : dict, optional
-        What the sidecars record as inputs (file names, echo times source, ...).
+        What the sidecars record as inputs (file names, echo times source, ...); the files
+        among them are checksummed (``InputChecksums``).
     force : bool
         Overwrite existing outputs.
     header : nibabel header, optional
         Copied into the NIfTI outputs (units, orientation codes).
     figure : bool
         Write the PNG of orthogonal slices of the susceptibility map.
+    warnings : list of str, optional
+        Warnings from before the pipeline (reading the inputs), recorded before
+        ``result.warnings`` in the sidecars' ``Warnings`` and the log.
+    command_line : str, optional
+        Recorded in the sidecars and the log.
+    log : bool
+        Also write the log ``sub-<subject>[_ses-<session>]_log.txt``
+        (:func:`metaqsm.io.derivatives.log_text`).
+    operation : str
+        The command recorded as ``Operation`` (default ``"run"``).
 
     Returns
     -------
-    dict key -> Path of the NIfTI/PNG files written.
+    dict key -> Path of the NIfTI/PNG files written (and ``"log"``).
     """
     from .io import save_nifti, write_all, write_json
-    from .io.derivatives import PIPELINE_OUTPUTS
+    from .io.derivatives import (PIPELINE_OUTPUTS, input_checksums, log_path, log_text, sidecar,
+                                 weights_record)
 
     paths, sidecars = output_paths(out_dir, subject, session)
     if not figure:
         paths.pop("figure")
+    warned = [*(warnings or []), *result.warnings]
 
     arrays = {
         "chimap": result.chi,
@@ -334,14 +409,11 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
         "noise": result.noise,
         "localfield": result.local_field,
     }
-    common = {
-        "GeneratedBy": [{"Name": "metaqsm", "Version": __version__}],
-        "EchoTime": [float(t) for t in result.echo_times],
-        "MagneticFieldStrength": float(result.field_strength),
-        "VoxelSize": [float(v) for v in result.voxel_size],
-        "B0Direction": [float(b) for b in result.b0_dir],
-        "Inputs": _jsonable(inputs or {}),
-    }
+    inv = result.parameters.get("inversion", {})
+    common = dict(operation=operation, command_line=command_line, echo_times=result.echo_times,
+                  field_strength=result.field_strength, voxel_size=result.voxel_size,
+                  b0_dir=result.b0_dir, inputs=inputs or {},
+                  checksums=input_checksums(inputs), warnings=warned)
     stage_of = {"chimap": ("mask", "fit-echoes", "bgremove", "inversion"),
                 "mask": ("mask",), "eroded_mask": ("mask", "bgremove"),
                 "fieldmap": ("mask", "fit-echoes"), "noise": ("mask", "fit-echoes"),
@@ -358,12 +430,19 @@ def write_outputs(result, out_dir, *, subject="01", session=None, inputs=None, f
                 tmp, a, result.affine, header=header, dtype=d, force=True)))
         if key not in sidecars:
             continue
-        meta = dict(common)
-        meta["Description"] = description
-        if unit:
-            meta["Units"] = unit
-        meta["Stages"] = {s: _jsonable(result.parameters.get(s, {})) for s in stage_of[key]}
-        meta["Timings"] = {s: round(float(result.timings.get(s, 0.0)), 3) for s in stage_of[key]}
+        stages = stage_of[key]
+        weights = (weights_record(inv["method"], inv, result.voxel_size)
+                   if "inversion" in stages and inv else None)
+        meta = sidecar(description=description, units=unit,
+                       stages={s: result.parameters.get(s, {}) for s in stages},
+                       timings={s: result.timings.get(s, 0.0) for s in stages},
+                       weights=weights, **common)
         items.append((sidecars[key], lambda tmp, m=meta: write_json(tmp, m, force=True)))
+    if log:
+        paths["log"] = log_path(out_dir, subject, session)
+        written = [p for k, p in paths.items()] + list(sidecars.values())
+        text = log_text(operation=operation, command_line=command_line, timings=result.timings,
+                        warnings=warned, outputs=written)
+        items.append((paths["log"], lambda tmp: Path(tmp).write_text(text)))
     write_all(items, force=force, folder=out_dir)
     return paths

@@ -66,10 +66,32 @@ def translate(message, flags):
     return _SNAKE_NAME.sub(lambda g: flags.get(g.group(1), g.group(1)), text)
 
 
+def _show_warning(parser, args, default, message, category, *rest, **kwargs):
+    """metaqsm's own warnings as one line in the command's words, others as Python shows them."""
+    from .._validate import MetaqsmWarning
+
+    if issubclass(category, MetaqsmWarning):
+        flags = {**_flags(parser, args.command), **getattr(args, "flag_aliases", {})}
+        print(f"metaqsm {args.command}: warning: {translate(message, flags)}", file=sys.stderr)
+    else:
+        default(message, category, *rest, **kwargs)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (tests call this directly)."""
+    import functools
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the sidecars and logs record it
+    with warnings.catch_warnings():  # restores the way warnings are shown when done
+        warnings.showwarning = functools.partial(_show_warning, parser, args,
+                                                 warnings.showwarning)
+        return _run(parser, args)
+
+
+def _run(parser, args):
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, NotADirectoryError,

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import as_mask, as_volume
-from .._version import __version__
 from ..io.derivatives import sidecar_path
 from ..methods import DEFAULT_INVERSION, INVERSIONS
 from . import _common
@@ -39,6 +38,11 @@ def _add_parser(subparsers, name, **kwargs):
     return _common.add_parser(subparsers, name, formatter_class=_Formatter, **kwargs)
 
 
+def _add_quiet_arg(parser):
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (there is none when stderr is not a terminal)")
+
+
 def register(subparsers):
     p = _add_parser(
         subparsers, "forward",
@@ -54,6 +58,7 @@ def register(subparsers):
                    help="zero padding: 'auto' doubles each axis, N adds N voxels per axis")
     p.add_argument("--kernel", default="kspace", metavar="kspace|ispace",
                    help="dipole kernel: analytic in k-space, or discretised in image space")
+    _add_quiet_arg(p)
     _common.add_force_arg(p)
     p.set_defaults(func=run_forward)
 
@@ -82,6 +87,7 @@ def register(subparsers):
                    + ": edge mask and weights)")
     _common.add_method_option_flags(g, INVERSIONS.values())
     _common.add_geometry_args(p)
+    _add_quiet_arg(p)
     _common.add_force_arg(p)
     p.set_defaults(func=run_invert)
 
@@ -130,13 +136,13 @@ def _check_inputs_exist(pairs):
             raise FileNotFoundError(f"{flag}: no such file: {path}")
 
 
-def _write_outputs(image_path, data, volume, json_path, sidecar, force):
+def _write_outputs(image_path, data, volume, json_path, meta, force):
     """Write the image and its sidecar; both appear only once both are complete."""
     from ..io import save_nifti, write_all, write_json
 
     write_all([(image_path, lambda tmp: save_nifti(tmp, data, volume.affine,
                                                     header=volume.header, force=True)),
-               (json_path, lambda tmp: write_json(tmp, sidecar, force=True))], force=force)
+               (json_path, lambda tmp: write_json(tmp, meta, force=True))], force=force)
 
 
 def _shape_str(shape):
@@ -145,8 +151,12 @@ def _shape_str(shape):
 
 # ----------------------------------------------------------------------------- forward
 def run_forward(args):
+    from tqdm.auto import tqdm
+
     from ..io import check_output_paths, load_nifti
+    from ..io.derivatives import command_line, sidecar
     from ..kernels import forward_field
+    from ..pipeline import record_warnings, show_progress
 
     out = _nifti_output(args.output)
     _common.check_geometry_args(args)
@@ -157,24 +167,29 @@ def run_forward(args):
     json_out = sidecar_path(out)
     check_output_paths([out, json_out], force=args.force)
 
-    chi = load_nifti(args.chi, name="chi", ndim=3)
-    data = as_volume(chi.data, "chi")
-    vsz, b0 = _common.geometry(chi, args)
-    t0 = time.perf_counter()
-    field = forward_field(data, voxel_size=vsz, b0_dir=b0, pad=pad, method=args.kernel)
-    elapsed = time.perf_counter() - t0
-    sidecar = {
-        "Operation": "forward",
-        "Units": "ppm",
-        "Kernel": args.kernel,
-        "Pad": pad,
-        "Inputs": {"chi": str(args.chi)},
-        "VoxelSize": vsz,
-        "B0Dir": b0,
-        "ElapsedSeconds": round(elapsed, 3),
-        "MetaqsmVersion": __version__,
-    }
-    _write_outputs(out, field, chi, json_out, sidecar, args.force)
+    # one FFT convolution has no iterations to count: the bar shows which step runs
+    bar = tqdm(total=3, desc="metaqsm forward", unit="step", leave=False,
+               disable=not show_progress(not args.quiet))
+    warned = []
+    with bar, record_warnings(warned, "forward"):
+        bar.set_postfix_str("read")
+        chi = load_nifti(args.chi, name="chi", ndim=3)
+        data = as_volume(chi.data, "chi")
+        vsz, b0 = _common.geometry(chi, args)
+        bar.update()
+        bar.set_postfix_str("dipole field")
+        t0 = time.perf_counter()
+        field = forward_field(data, voxel_size=vsz, b0_dir=b0, pad=pad, method=args.kernel)
+        elapsed = time.perf_counter() - t0
+        bar.update()
+        bar.set_postfix_str("write")
+        meta = sidecar(operation="forward", description="Local field of the susceptibility map "
+                       "(dipole model)", units="ppm", command_line=command_line(args.argv),
+                       method="dipole", parameters={"kernel": args.kernel, "pad": pad},
+                       voxel_size=vsz, b0_dir=b0, inputs={"chi": str(args.chi)},
+                       timings={"forward": elapsed}, warnings=warned)
+        _write_outputs(out, field, chi, json_out, meta, args.force)
+        bar.update()
     print(f"metaqsm forward: {_shape_str(data.shape)} voxels in {elapsed:.2f} s -> {out}")
     return 0
 
@@ -182,7 +197,9 @@ def run_forward(args):
 # ----------------------------------------------------------------------------- invert
 def run_invert(args):
     from ..io import check_output_paths, load_nifti
+    from ..io.derivatives import command_line, sidecar, weights_record
     from ..methods import inversion
+    from ..pipeline import record_warnings, show_progress
 
     out = _nifti_output(args.output)
     _common.check_geometry_args(args)
@@ -218,28 +235,25 @@ def run_invert(args):
                              f"field has shape {f.shape}")
         kwargs["magnitude"] = as_volume(mag.data, "--magnitude", ndim=(3, 4))
 
-    if "progress" in inspect.signature(func).parameters and sys.stderr.isatty():
+    if "progress" in inspect.signature(func).parameters and show_progress(not args.quiet):
         kwargs["progress"] = True  # iteration bar of the iterative methods, interactive use only
+    warned = []
     t0 = time.perf_counter()
-    chi = func(f, m, voxel_size=vsz, b0_dir=b0, **kwargs)
+    with record_warnings(warned, "invert"):
+        chi = func(f, m, voxel_size=vsz, b0_dir=b0, **kwargs)
     elapsed = time.perf_counter() - t0
     chi = np.asarray(chi, dtype=np.float32)
     if chi.shape != f.shape:  # a method bug, not a user error: fail loudly before writing
         raise RuntimeError(f"method {args.method!r} returned shape {chi.shape}, expected {f.shape}")
 
-    sidecar = {
-        "Operation": "invert",
-        "Method": args.method,
-        "Parameters": {**method.defaults(), **chosen},
-        "Units": "ppm",
-        "Inputs": {"field": str(args.field), "mask": str(args.mask),
-                   **({"magnitude": str(args.magnitude)} if args.magnitude else {})},
-        "VoxelSize": vsz,
-        "B0Dir": b0,
-        "ElapsedSeconds": round(elapsed, 3),
-        "MetaqsmVersion": __version__,
-    }
-    _write_outputs(out, chi, field, json_out, sidecar, args.force)
+    meta = sidecar(operation="invert", description="Magnetic susceptibility", units="ppm",
+                   command_line=command_line(args.argv), method=args.method,
+                   parameters={**method.defaults(), **chosen}, voxel_size=vsz, b0_dir=b0,
+                   inputs={"field": str(args.field), "mask": str(args.mask),
+                           **({"magnitude": str(args.magnitude)} if args.magnitude else {})},
+                   weights=weights_record(method, chosen, vsz), timings={"invert": elapsed},
+                   warnings=warned)
+    _write_outputs(out, chi, field, json_out, meta, args.force)
     print(f"metaqsm invert: {args.method} on {_shape_str(f.shape)} voxels in {elapsed:.2f} s "
           f"-> {out} (+ {json_out.name})")
     return 0

@@ -126,6 +126,7 @@ def register(subparsers):
                    help="spherical harmonics removed from the background over the brain")
     p.add_argument("--seed", type=int, default=0, help="random seed (noise, phase offset)")
     p.add_argument("--subject", default="01", help="BIDS subject label")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _common.add_geometry_args(p)
     _common.add_force_arg(p)
     p.set_defaults(func=run_simulate)
@@ -223,7 +224,7 @@ def register(subparsers):
 # library argument names -> this module's flags, where they differ (the CLI translates errors)
 _RUN_ALIASES = {"inversion_method": "--method", "inversion_options": "--method-option",
                 "bgremove_method": "--bgremove", "bgremove_options": "--bgremove-option",
-                "dicom": "--dicom"}
+                "dicom": "--dicom", "erode_mm": "--mask-erode-mm"}
 
 
 def _nifti_path(path, flag):
@@ -272,18 +273,18 @@ def _check_stage_outputs(paths, force):
     return all_paths
 
 
-def _write_stage(outputs, affine, header, sidecar, force):
-    """Write NIfTI outputs (list of (path, array, dtype, extra sidecar keys)) with sidecars,
-    all or nothing."""
-    from .._version import __version__
+def _write_stage(outputs, affine, header, provenance, force):
+    """Write NIfTI outputs (list of (path, array, dtype, description, units)) with sidecars
+    (:func:`metaqsm.io.derivatives.sidecar` of ``provenance`` and the output's own
+    description and units), all or nothing."""
     from ..io import save_nifti, write_all, write_json
-    from ..io.derivatives import sidecar_path
+    from ..io.derivatives import sidecar, sidecar_path
 
     items = []
-    for path, data, dtype, extra in outputs:
+    for path, data, dtype, description, units in outputs:
         items.append((path, lambda tmp, d=data, t=dtype: save_nifti(tmp, d, affine, header=header,
                                                                    force=True, dtype=t)))
-        meta = {**sidecar, **extra, "MetaqsmVersion": __version__}
+        meta = sidecar(description=description, units=units, **provenance)
         items.append((sidecar_path(path), lambda tmp, m=meta: write_json(tmp, m, force=True)))
     write_all(items, force=force)
 
@@ -304,16 +305,19 @@ def _run_outputs(args, subject_hint):
         raise FileNotFoundError(f"-o: the parent folder {parent} does not exist")
     if out.exists():
         from ..io import check_output_paths
+        from ..io.derivatives import log_path
 
         paths, sidecars = output_paths(out, subject, session)
-        check_output_paths(list(paths.values()) + list(sidecars.values()), force=args.force)
+        check_output_paths(list(paths.values()) + list(sidecars.values())
+                           + [log_path(out, subject, session)], force=args.force)
     return subject, session
 
 
 def run_run(args):
     from ..io.acquisition import load_mask, load_scan
+    from ..io.derivatives import command_line
     from ..methods import bgremoval, inversion
-    from ..pipeline import check_inputs, run_pipeline, write_outputs
+    from ..pipeline import check_inputs, record_warnings, run_pipeline, write_outputs
 
     args.flag_aliases = _RUN_ALIASES
     if args.dicom is None and (args.magnitude is None or args.phase is None):
@@ -329,10 +333,12 @@ def run_run(args):
     subject, session = _run_outputs(args, hint)
     _common.check_geometry_args(args)
 
-    scan = load_scan(args.magnitude, args.phase, dicom=args.dicom, series=args.series,
-                     echo_times=args.echo_times, field_strength=args.field_strength,
-                     phase_units=args.phase_units, voxel_size=args.voxel_size,
-                     b0_dir=args.b0_dir)
+    warned = []
+    with record_warnings(warned, "read"):
+        scan = load_scan(args.magnitude, args.phase, dicom=args.dicom, series=args.series,
+                         echo_times=args.echo_times, field_strength=args.field_strength,
+                         phase_units=args.phase_units, voxel_size=args.voxel_size,
+                         b0_dir=args.b0_dir)
     mag, ph, tes, b0 = check_inputs(scan.magnitude, scan.phase, scan.echo_times,
                                     scan.field_strength)
     try:  # before any work: a model for this voxel size, its device
@@ -352,15 +358,21 @@ def run_run(args):
                           mask_options={"erode_mm": args.mask_erode_mm} if args.mask_erode_mm else None,
                           bgremove_method=args.bgremove, bgremove_options=bg_opts,
                           inversion_method=args.method, inversion_options=inv_opts,
+                          phase_units="radians-unchecked",  # load_scan applied --phase-units
                           progress=not args.quiet)
     paths = write_outputs(result, args.output, subject=subject, session=session, inputs=inputs,
-                          force=args.force, header=scan.header, figure=not args.no_figure)
+                          force=args.force, header=scan.header, figure=not args.no_figure,
+                          warnings=warned, command_line=command_line(args.argv), log=True)
     total = time.perf_counter() - t0
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     print(f"metaqsm run: {'x'.join(map(str, ph.shape))} in {total:.1f} s ({stages})")
     print(f"  susceptibility map: {paths['chimap']}")
     if "figure" in paths:
         print(f"  picture:            {paths['figure']}")
+    print(f"  log:                {paths['log']}")
+    n_warn = len(warned) + len(result.warnings)
+    if n_warn:
+        print(f"  {n_warn} warning{'s' if n_warn > 1 else ''} (in the log and the sidecars)")
     return 0
 
 
@@ -385,7 +397,8 @@ def run_simulate(args):
     from .._validate import as_volume
     from ..io import b0_dir_from_affine, load_nifti
     from ..io.acquisition import load_mask, require_file
-    from ..io.derivatives import check_label, write_simulation
+    from ..io.derivatives import check_label, command_line, log_path, write_simulation
+    from ..pipeline import show_progress
     from ..simulate.acquisition import simulate_acquisition
 
     require_file(args.chi, "chi")
@@ -397,11 +410,13 @@ def run_simulate(args):
         from ..io.derivatives import sidecar_path, simulation_paths
 
         paths = list(simulation_paths(out, subject).values())
-        check_output_paths(paths + [sidecar_path(p) for p in paths], force=args.force)
+        check_output_paths(paths + [sidecar_path(p) for p in paths] + [log_path(out, subject)],
+                           force=args.force)
     chi_vol = load_nifti(args.chi, name="chi", ndim=3)
     chi = as_volume(chi_vol.data, "chi")
     mask = load_mask(args.mask, chi.shape, "--mask")
     vsz, b0_dir = _common.geometry(chi_vol, args)
+    t0 = time.perf_counter()
     acq = simulate_acquisition(
         chi, mask, voxel_size=vsz, b0_dir=b0_dir, echo_times=args.echo_times,
         field_strength=args.field_strength,
@@ -409,28 +424,38 @@ def run_simulate(args):
         r2star=_number_or_nifti(args.r2star, "--r2star", chi.shape),
         snr=None if args.snr == 0 else args.snr, phase_offset=not args.no_phase_offset,
         background=not args.no_background, output_voxel_size=args.output_voxel_size,
-        reduce=args.reduce, shim_order=args.shim_order, affine=chi_vol.affine, rng=args.seed)
-    extra = {"Simulation": {"chi": str(args.chi), "mask": str(args.mask), "snr": args.snr,
-                            "background": not args.no_background,
-                            "phase_offset": not args.no_phase_offset, "reduce": args.reduce,
-                            "shim_order": args.shim_order,
-                            "seed": args.seed}}
-    paths = write_simulation(acq, out, subject=subject, force=args.force, extra=extra)
+        reduce=args.reduce, shim_order=args.shim_order, affine=chi_vol.affine, rng=args.seed,
+        progress=show_progress(not args.quiet))
+    elapsed = time.perf_counter() - t0
+    inputs = {"chi": str(args.chi), "mask": str(args.mask),
+              **{k: str(v) for k, v in (("m0", args.m0), ("r2star", args.r2star))
+                 if v is not None and Path(str(v)).exists()}}
+    parameters = {"snr": args.snr, "background": not args.no_background,
+                  "phase_offset": not args.no_phase_offset, "reduce": args.reduce,
+                  "shim_order": args.shim_order, "seed": args.seed,
+                  "output_voxel_size": args.output_voxel_size, "m0": args.m0,
+                  "r2star": args.r2star}
+    paths = write_simulation(acq, out, subject=subject, force=args.force,
+                             parameters={k: v for k, v in parameters.items() if v is not None},
+                             inputs=inputs, timings={"simulate": elapsed},
+                             command_line=command_line(args.argv), log=True)
     if abs(float(np.dot(b0_dir_from_affine(chi_vol.affine), acq.b0_dir))) < 1 - 1e-6:
         print("metaqsm simulate: note: B0 is not along the affine's scanner z axis; the sidecars "
               "record B0Direction, which metaqsm run uses")
     print(f"metaqsm simulate: {'x'.join(map(str, acq.phase.shape))} at "
-          f"{'x'.join(f'{v:g}' for v in acq.voxel_size)} mm -> {paths['magnitude'].parent}/")
+          f"{'x'.join(f'{v:g}' for v in acq.voxel_size)} mm in {elapsed:.1f} s -> "
+          f"{paths['magnitude'].parent}/")
     return 0
 
 
 # ----------------------------------------------------------------------------- example
 def run_example(args):
     from ..io import check_output_paths
-    from ..io.derivatives import sidecar_path, simulation_paths, write_simulation
+    from ..io.derivatives import (command_line, log_path, sidecar_path, simulation_paths,
+                                  write_simulation)
     from ..methods import inversion
     from ..metrics import nrmse_demeaned
-    from ..pipeline import call_inversion, output_paths, run_pipeline, write_outputs
+    from ..pipeline import call_inversion, output_paths, run_pipeline, show_progress, write_outputs
     from ..simulate.acquisition import simulate_acquisition
     from ..simulate.phantoms import brain_phantom
 
@@ -441,7 +466,7 @@ def run_example(args):
         paths, sidecars = output_paths(out)
         sims = list(simulation_paths(sim_dir).values())
         check_output_paths(list(paths.values()) + list(sidecars.values()) + sims
-                           + [sidecar_path(p) for p in sims], force=args.force)
+                           + [sidecar_path(p) for p in sims] + [log_path(out)], force=args.force)
     else:
         parent = out.parent if str(out.parent) else Path(".")
         if not parent.exists():
@@ -452,7 +477,7 @@ def run_example(args):
     affine = np.diag(list(vsz) + [1.0])
     affine[:3, 3] = -0.5 * (np.asarray(args.shape) - 1) * vsz  # isocentre in the middle
     acq = simulate_acquisition(phantom.chi, phantom.mask, voxel_size=vsz, affine=affine,
-                               rng=args.seed)
+                               rng=args.seed, progress=show_progress(not args.quiet))
     t_sim = time.perf_counter() - t0
     result = run_pipeline(acq.magnitude, acq.phase, echo_times=acq.echo_times,
                           field_strength=acq.field_strength, voxel_size=acq.voxel_size,
@@ -467,9 +492,12 @@ def run_example(args):
     err_ref = nrmse_demeaned(ref, acq.chi, m)
     out.mkdir(exist_ok=True)
     try:
-        write_simulation(acq, sim_dir, force=args.force,
-                         extra={"Simulation": {"phantom": "brain_phantom", "seed": args.seed}})
-        paths = write_outputs(result, out, inputs={"simulation": str(sim_dir)}, force=args.force)
+        line = command_line(args.argv)
+        write_simulation(acq, sim_dir, force=args.force, command_line=line,
+                         parameters={"phantom": "brain_phantom", "shape": list(args.shape),
+                                     "seed": args.seed}, timings={"simulate": t_sim})
+        paths = write_outputs(result, out, inputs={"simulation": str(sim_dir)}, force=args.force,
+                              command_line=line, log=True, operation="example")
     except BaseException:
         import shutil
 
@@ -491,33 +519,47 @@ def run_example(args):
 
 
 # ----------------------------------------------------------------------------- stages
+def _provenance(args, operation, method, parameters, inputs, elapsed, warned, **geometry):
+    """The sidecar keywords a stage command records (:func:`metaqsm.io.derivatives.sidecar`)."""
+    from ..io.derivatives import command_line
+
+    return dict(operation=operation, command_line=command_line(args.argv), method=method,
+                parameters=parameters, inputs=inputs, timings={operation: elapsed},
+                warnings=warned, **geometry)
+
+
 def run_fit_echoes(args):
     from .._validate import check_acquisition as check_inputs
     from ..io.acquisition import load_mask, load_scan
     from ..phase import fit_echoes
+    from ..pipeline import record_warnings
 
     out = _nifti_path(args.output, "-o")
     noise_out = None if args.noise_output is None else _nifti_path(args.noise_output, "--noise-output")
     _check_stage_outputs([out, noise_out], args.force)
     _common.check_geometry_args(args)
-    scan = load_scan(args.magnitude, args.phase, echo_times=args.echo_times,
-                     field_strength=args.field_strength, phase_units=args.phase_units,
-                     voxel_size=args.voxel_size, b0_dir=args.b0_dir)
-    mag, ph, tes, b0 = check_inputs(scan.magnitude, scan.phase, scan.echo_times,
-                                    scan.field_strength)
-    mask = None if args.mask is None else load_mask(args.mask, ph.shape[:3], "--mask")
-    t0 = time.perf_counter()
-    fit = fit_echoes(mag, ph, echo_times=tes, field_strength=b0, mask=mask, method=args.method,
-                     unwrap=args.unwrap)
-    side = {"Operation": "fit-echoes", "Method": args.method, "Unwrap": args.unwrap,
-            "EchoTime": list(map(float, tes)), "MagneticFieldStrength": b0,
-            "Inputs": scan.inputs,
-            "ElapsedSeconds": round(time.perf_counter() - t0, 3)}
-    outputs = [(out, fit.field, np.float32, {"Units": "ppm", "Description": "total field"})]
+    warned = []
+    with record_warnings(warned, "fit-echoes"):
+        scan = load_scan(args.magnitude, args.phase, echo_times=args.echo_times,
+                         field_strength=args.field_strength, phase_units=args.phase_units,
+                         voxel_size=args.voxel_size, b0_dir=args.b0_dir)
+        mag, ph, tes, b0 = check_inputs(scan.magnitude, scan.phase, scan.echo_times,
+                                        scan.field_strength)
+        mask = None if args.mask is None else load_mask(args.mask, ph.shape[:3], "--mask")
+        t0 = time.perf_counter()
+        fit = fit_echoes(mag, ph, echo_times=tes, field_strength=b0, mask=mask,
+                         method=args.method, unwrap=args.unwrap, voxel_size=scan.voxel_size)
+        elapsed = time.perf_counter() - t0
+    inputs = {**scan.inputs, **({"mask": str(args.mask)} if args.mask is not None else {})}
+    prov = _provenance(args, "fit-echoes", args.method, {"unwrap": args.unwrap}, inputs,
+                       elapsed, warned, echo_times=tes, field_strength=b0,
+                       voxel_size=scan.voxel_size, b0_dir=scan.b0_dir)
+    outputs = [(out, fit.field, np.float32, "Total field from the multi-echo fit, unwrapped",
+                "ppm")]
     if noise_out is not None:
         outputs.append((noise_out, fit.noise, np.float32,
-                        {"Units": "ppm", "Description": "noise of the total field"}))
-    _write_stage(outputs, scan.affine, scan.header, side, args.force)
+                        "Noise standard deviation of the total field", "ppm"))
+    _write_stage(outputs, scan.affine, scan.header, prov, args.force)
     print(f"metaqsm fit-echoes: {args.method} -> {out}")
     return 0
 
@@ -527,6 +569,7 @@ def run_unwrap(args):
     from ..io import load_nifti
     from ..io.acquisition import load_mask, require_file
     from ..phase import unwrap
+    from ..pipeline import record_warnings
     from ..units import phase_to_radians
 
     out = _nifti_path(args.output, "-o")
@@ -536,7 +579,7 @@ def run_unwrap(args):
     ph_vol = load_nifti(args.phase, name="phase", ndim=(3, 4))
     ph, scale = phase_to_radians(ph_vol.data, args.phase_units)
     check_phase_radians(ph)
-    vsz, _ = _common.geometry(ph_vol, args)
+    vsz, b0_dir = _common.geometry(ph_vol, args)
     mag = None
     if args.magnitude is not None:
         require_file(args.magnitude, "--magnitude")
@@ -544,13 +587,18 @@ def run_unwrap(args):
         if mag.shape != ph.shape:
             raise ValueError(f"--magnitude has shape {mag.shape}, but the phase has {ph.shape}")
     mask = None if args.mask is None else load_mask(args.mask, ph.shape[:3], "--mask")
+    warned = []
     t0 = time.perf_counter()
-    result = unwrap(ph, method=args.method, magnitude=mag, mask=mask, voxel_size=vsz)
-    side = {"Operation": "unwrap", "Method": args.method, "Units": "rad",
-            "Inputs": {"phase": str(args.phase), "magnitude": args.magnitude, "mask": args.mask,
-                       "PhaseScale": scale},
-            "ElapsedSeconds": round(time.perf_counter() - t0, 3)}
-    _write_stage([(out, result, np.float32, {})], ph_vol.affine, ph_vol.header, side, args.force)
+    with record_warnings(warned, "unwrap"):
+        result = unwrap(ph, method=args.method, magnitude=mag, mask=mask, voxel_size=vsz)
+    inputs = {"phase": str(args.phase), "PhaseUnits": args.phase_units,
+              **({"PhaseScale": scale} if scale != 1.0 else {}),
+              **{k: str(v) for k, v in (("magnitude", args.magnitude), ("mask", args.mask))
+                 if v is not None}}
+    prov = _provenance(args, "unwrap", args.method, {}, inputs, time.perf_counter() - t0,
+                       warned, voxel_size=vsz, b0_dir=b0_dir)
+    _write_stage([(out, result, np.float32, "Unwrapped phase", "rad")], ph_vol.affine,
+                 ph_vol.header, prov, args.force)
     print(f"metaqsm unwrap: {args.method} -> {out}")
     return 0
 
@@ -559,20 +607,25 @@ def run_mask(args):
     from ..io import load_nifti
     from ..io.acquisition import require_file
     from ..mask import brain_mask
+    from ..pipeline import record_warnings
 
     out = _nifti_path(args.output, "-o")
     _check_stage_outputs([out], args.force)
     _common.check_geometry_args(args)
     require_file(args.magnitude, "magnitude")
     vol = load_nifti(args.magnitude, name="magnitude", ndim=(3, 4))
-    vsz, _ = _common.geometry(vol, args)
+    vsz, b0_dir = _common.geometry(vol, args)
+    warned = []
     t0 = time.perf_counter()
-    m = brain_mask(vol.data, voxel_size=vsz, method=args.method, erode_mm=args.erode_mm,
-                   fill_holes=not args.no_fill_holes)
-    side = {"Operation": "mask", "Method": args.method, "ErodeMm": args.erode_mm,
-            "FillHoles": not args.no_fill_holes, "Inputs": {"magnitude": str(args.magnitude)},
-            "ElapsedSeconds": round(time.perf_counter() - t0, 3)}
-    _write_stage([(out, m, np.uint8, {})], vol.affine, vol.header, side, args.force)
+    with record_warnings(warned, "mask"):
+        m = brain_mask(vol.data, voxel_size=vsz, method=args.method, erode_mm=args.erode_mm,
+                       fill_holes=not args.no_fill_holes)
+    prov = _provenance(args, "mask", args.method, {"erode_mm": args.erode_mm,
+                                                   "fill_holes": not args.no_fill_holes},
+                       {"magnitude": str(args.magnitude)}, time.perf_counter() - t0, warned,
+                       voxel_size=vsz, b0_dir=b0_dir)
+    _write_stage([(out, m, np.uint8, "Brain mask", None)], vol.affine, vol.header, prov,
+                 args.force)
     print(f"metaqsm mask: {int(m.sum())} voxels -> {out}")
     return 0
 
@@ -582,6 +635,7 @@ def run_bgremove(args):
     from ..io import load_nifti
     from ..io.acquisition import load_mask, require_file
     from ..methods import bgremoval
+    from ..pipeline import record_warnings
 
     out = _nifti_path(args.output, "-o")
     mask_out = None if args.mask_output is None else _nifti_path(args.mask_output, "--mask-output")
@@ -595,14 +649,17 @@ def run_bgremove(args):
     f = as_volume(vol.data, "field")
     mask = load_mask(args.mask, f.shape, "--mask")
     vsz, b0_dir = _common.geometry(vol, args)
+    warned = []
     t0 = time.perf_counter()
-    local, eroded = func(f, mask, voxel_size=vsz, b0_dir=b0_dir, **opts)
-    side = {"Operation": "bgremove", "Method": args.method, "Parameters": opts,
-            "Inputs": {"field": str(args.field), "mask": str(args.mask)},
-            "ElapsedSeconds": round(time.perf_counter() - t0, 3)}
-    outputs = [(out, local, np.float32, {"Units": "ppm", "Description": "local field"})]
+    with record_warnings(warned, "bgremove"):
+        local, eroded = func(f, mask, voxel_size=vsz, b0_dir=b0_dir, **opts)
+    prov = _provenance(args, "bgremove", args.method, opts,
+                       {"field": str(args.field), "mask": str(args.mask)},
+                       time.perf_counter() - t0, warned, voxel_size=vsz, b0_dir=b0_dir)
+    outputs = [(out, local, np.float32, "Local field after background field removal", "ppm")]
     if mask_out is not None:
-        outputs.append((mask_out, eroded, np.uint8, {"Description": "eroded mask"}))
-    _write_stage(outputs, vol.affine, vol.header, side, args.force)
+        outputs.append((mask_out, eroded, np.uint8,
+                        "Mask in which the local field is valid (after background removal)", None))
+    _write_stage(outputs, vol.affine, vol.header, prov, args.force)
     print(f"metaqsm bgremove: {args.method} -> {out}")
     return 0

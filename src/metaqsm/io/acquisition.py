@@ -171,7 +171,8 @@ def load_scan(magnitude=None, phase=None, *, dicom=None, series=None, echo_times
                              "MagneticFieldStrength; give it in tesla")
         return Scan(d.magnitude, d.phase, tes, b0, d.voxel_size if vsz is None else vsz,
                     d.b0_dir if b0d is None else b0d, d.affine, None,
-                    {"dicom": str(dicom), "series": series,
+                    {"dicom": str(dicom),
+                     **({"series": [str(x) for x in series]} if series else {}),
                      "PhaseUnits": "radians (DICOM vendor rules, through dcm2niix)"})
 
     magnitude, phase = _as_list(magnitude), _as_list(phase)

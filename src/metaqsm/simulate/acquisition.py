@@ -377,7 +377,7 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
                          snr=100.0, phase_offset=True, background=True, output_voxel_size=None,
                          reduce="kspace", shim_order=2, affine=None, extra_field=None,
                          receive_profile=None, tissue_m0=None, tissue_r2star=None,
-                         intravoxel_dephasing=False, rng=0):
+                         intravoxel_dephasing=False, rng=0, progress=False):
     """Simulate multi-echo gradient-echo magnitude and phase from a susceptibility map.
 
     Steps, on the input (fine) grid: (1) local field = dipole convolution of ``chi`` inside
@@ -451,6 +451,9 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         as on a scanner. Default False.
     rng : int or numpy.random.Generator
         Seed of the noise and the phase offset.
+    progress : bool
+        Show a tqdm bar over the steps (local field, head, background field, signal, output)
+        on stderr. Default False.
 
     Returns
     -------
@@ -521,15 +524,23 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
                 raise ValueError(f"{name} must be non-negative with the shape of chi {shape}, "
                                  f"got shape {tissue[name].shape}")
     rng = np.random.default_rng(rng)
+    from tqdm.auto import tqdm
 
+    # the steps on stderr (closed at the end; on an error tqdm closes it when it is collected)
+    bar = tqdm(total=5, desc="simulate", unit="step", leave=False, disable=not progress)
+    bar.set_postfix_str("local field")
     chi_in = np.where(mask, chi, 0.0).astype(np.float32)
     local = forward_field(chi_in, voxel_size=vsz, b0_dir=b0)
     if extra is not None:
         local = local + np.where(mask, extra, 0.0).astype(np.float32)
 
+    bar.update()
+    bar.set_postfix_str("head model")
     labels, offset = head_model(mask, voxel_size=vsz)
     fov_labels = labels[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
     chi_out = np.where(mask, 0.0, chi).astype(np.float32)
+    bar.update()
+    bar.set_postfix_str("background field")
     if background:
         bg = _background_field(labels, offset, chi_out, mask, vsz, b0)
     else:
@@ -537,6 +548,8 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
     # The scanner shims the field over the brain (the constant is arbitrary anyway).
     bg = shim(bg, mask, voxel_size=vsz, order=shim_order)
     total = local + bg
+    bar.update()
+    bar.set_postfix_str("signal")
 
     scale3 = np.float32(b0_t / 3.0)
     default_m0 = np.zeros(shape, np.float32)
@@ -565,6 +578,8 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
             for g in grads:
                 signal[..., e] *= np.sinc(ppm_to_rad(g, te, b0_t) / (2.0 * np.pi)).astype(np.float32)
 
+    bar.update()
+    bar.set_postfix_str("resolution and noise")
     out_vsz_exact = vsz
     out_affine = affine
     truth = {"chi": chi_in, "local": local, "total": total, "bg": bg, "phi0": phi0}
@@ -588,6 +603,8 @@ def simulate_acquisition(chi, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0),
         noise_std = ref / snr
         noise = rng.standard_normal(signal.shape + (2,), dtype=np.float32) * np.float32(noise_std)
         signal = signal + (noise[..., 0] + 1j * noise[..., 1]).astype(np.complex64)
+    bar.update()
+    bar.close()
 
     return Acquisition(
         magnitude=np.abs(signal).astype(np.float32),
