@@ -215,6 +215,8 @@ def sample_sheet(samples, *, indices=None, seed=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..figures import CONVENTION, ras_slices, show_slice
+
     n = len(samples)
     fig, axes = plt.subplots(n, 4, figsize=(13, 3.2 * n), squeeze=False)
     for r, s in enumerate(samples):
@@ -224,27 +226,28 @@ def sample_sheet(samples, *, indices=None, seed=None):
         mask = s["mask"]
         z = int(np.argmax(mask.sum((0, 1)))) if mask.any() else mask.shape[2] // 2
         y = int(np.argmax(mask.sum((0, 2)))) if mask.any() else mask.shape[1] // 2
+        centre = (mask.shape[0] // 2, y, z)
         fmax = max(float(np.percentile(np.abs(s["field"][mask]), 99)) if mask.any() else 0, 1e-3)
         label = f"#{indices[r]}" if indices is not None else f"#{r}"
         geo = f"{vsz[0]:.2f}x{vsz[1]:.2f}x{vsz[2]:.2f} mm, tilt {tilt:.0f}\u00b0"
+        # patches have no affine: their voxel axes are taken as RAS, drawn as every picture
+        field, chi = (ras_slices(s[k], centre, voxel_size=vsz) for k in ("field", "chi"))
+        # vmax above 1 draws brain in light grey, so an all-brain slice stays visible on white
+        masks = ras_slices(mask.astype(np.float32), centre, voxel_size=vsz)
         panels = [
-            (s["field"][:, :, z], "RdBu_r", (-fmax, fmax), f"{label} field (ppm), z={z}",
-             vsz[1] / vsz[0]),
-            (s["chi"][:, :, z], "gray", (-0.15, 0.25), f"chi (ppm) axial  {geo}",
-             vsz[1] / vsz[0]),
-            (s["chi"][:, y, :], "gray", (-0.15, 0.25), f"chi coronal y={y}", vsz[2] / vsz[0]),
-            # vmax above 1 draws brain in light grey, so an all-brain slice stays visible on white
-            (mask[:, :, z].astype(float), "gray", (0, 1.25), f"mask ({mask.mean():.0%} brain)",
-             vsz[1] / vsz[0]),
+            (field, "axial", "RdBu_r", (-fmax, fmax), f"{label} field (ppm), z={z}", True),
+            (chi, "axial", "gray", (-0.15, 0.25), f"chi (ppm) axial  {geo}", True),
+            (chi, "coronal", "gray", (-0.15, 0.25), f"chi coronal y={y}", False),
+            (masks, "axial", "gray", (0, 1.25), f"mask ({mask.mean():.0%} brain)", False),
         ]
-        for ax, (img, cmap, lim, title, aspect) in zip(axes[r], panels):
-            im = ax.imshow(np.rot90(img), cmap=cmap, vmin=lim[0], vmax=lim[1],
-                           aspect=aspect, interpolation="nearest")
+        for ax, (sl, view, cmap, lim, title, bar) in zip(axes[r], panels):
+            im = show_slice(ax, sl[view], view, extent=sl[f"extent_{view}"], cmap=cmap,
+                            vmin=lim[0], vmax=lim[1], letter_size=7)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-            if cmap != "gray" or title.startswith("chi (ppm)"):
+            if bar:
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    sup = "metaqsm synthetic samples"
+    sup = f"metaqsm synthetic samples ({CONVENTION})"
     if seed is not None:
         sup += f" (seed {seed})"
     fig.suptitle(sup)
