@@ -118,7 +118,7 @@ def test_r2star_errors():
         r2star_map(mag, TES, method="fast")
     with pytest.raises(ValueError, match="magnitude must be a 4D volume"):
         r2star_map(mag[..., 0], TES)
-    with pytest.raises(ValueError, match="echo_times must have one value per echo"):
+    with pytest.raises(ValueError, match="echo_times has 3 values but the magnitude has"):
         r2star_map(mag, TES[:3])
     with pytest.raises(ValueError, match="echo_times must be in seconds"):
         r2star_map(mag, TES * 1000)

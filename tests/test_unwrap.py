@@ -143,7 +143,7 @@ def test_errors(smooth):
     _, wrapped, mask = smooth
     with pytest.raises(ValueError, match="magnitude must have the shape of phase"):
         unwrap_romeo(wrapped, magnitude=np.ones((4, 4, 4)))
-    with pytest.raises(ValueError, match="echo_times must have one value per echo"):
+    with pytest.raises(ValueError, match="echo_times has 1 values but the phase has 2 echoes"):
         unwrap_romeo(np.stack([wrapped] * 2, -1), echo_times=[0.01])
     with pytest.raises(ValueError, match="echo_times are required for the template mode"):
         unwrap_romeo(np.stack([wrapped] * 2, -1), individual=False)

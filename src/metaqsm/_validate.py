@@ -171,6 +171,31 @@ def check_phase_radians(phase, name="phase"):
                      f"[{lo:.4g}, {hi:.4g}] ({hint})")
 
 
+def as_echo_times(echo_times, n_echo, *, what="phase"):
+    """Echo times as a float64 vector of ``n_echo`` positive, strictly increasing seconds.
+
+    The one echo-time check (the pipeline, the echo fit, ROMEO, the R2* and SWI maps).
+    ``what`` names the data the count is compared with in the message.
+    """
+    if echo_times is None:
+        raise ValueError("echo_times (seconds, one per echo) is required: give them, or "
+                         "EchoTime in the JSON sidecars")
+    try:
+        tes = np.asarray(echo_times, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"echo_times must be numbers in seconds, got {echo_times!r}") from None
+    if tes.size != n_echo:
+        raise ValueError(f"echo_times has {tes.size} values but the {what} has {n_echo} echoes")
+    if not np.all(np.isfinite(tes)) or np.any(tes <= 0):
+        raise ValueError(f"echo_times must be positive seconds, got {fmt_values(tes)}")
+    if np.any(tes > 1.0):
+        raise ValueError(f"echo_times must be in seconds, got {fmt_values(tes)} (milliseconds? "
+                         "divide by 1000)")
+    if np.any(np.diff(tes) <= 0):
+        raise ValueError(f"echo_times must be strictly increasing, got {fmt_values(tes)}")
+    return tes
+
+
 def check_acquisition(magnitude, phase, echo_times, field_strength):
     """Validate the acquisition: shapes, echo times (s), field strength (T), phase in radians.
 
@@ -198,20 +223,7 @@ def check_acquisition(magnitude, phase, echo_times, field_strength):
     b0 = as_positive(field_strength, "field_strength")
     if b0 > 20:
         raise ValueError(f"field_strength must be in tesla, got {field_strength!r}")
-    if echo_times is None:
-        raise ValueError("echo_times are missing: give one per echo in seconds "
-                         "(or EchoTime in the JSON sidecars)")
-    tes = np.asarray(echo_times, dtype=np.float64).reshape(-1)
-    if tes.size != ph.shape[-1]:
-        raise ValueError(f"echo_times has {tes.size} values but the phase has {ph.shape[-1]} "
-                         f"echoes (shape {ph.shape})")
-    if not np.all(np.isfinite(tes)) or np.any(tes <= 0):
-        raise ValueError(f"echo_times must be positive seconds, got {fmt_values(tes)}")
-    if np.any(tes > 1.0):
-        raise ValueError(f"echo_times must be in seconds, got {fmt_values(tes)} (milliseconds? "
-                         "divide by 1000)")
-    if np.any(np.diff(tes) <= 0):
-        raise ValueError(f"echo_times must be strictly increasing, got {fmt_values(tes)}")
+    tes = as_echo_times(echo_times, ph.shape[-1])
     if np.any(mag < 0):
         raise ValueError("magnitude must be non-negative")
     check_phase_radians(ph)

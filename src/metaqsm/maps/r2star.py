@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_mask, as_positive, as_volume, fmt_values
+from .._validate import as_echo_times, as_mask, as_positive, as_volume, fmt_values
 
 __all__ = ["R2STAR_METHODS", "R2STAR_MAX", "T2STAR_MAX", "r2star_map", "t2star_from_r2star"]
 
@@ -60,27 +60,6 @@ ARLO_SPACING_RTOL = 0.01
 times to 10 us)."""
 
 _FLOOR = 1e-6  # of the largest magnitude in the mask: the signal floor of the log-linear fit
-
-
-def check_echo_times(echo_times, n_echo, name="echo_times"):
-    """Echo times as a float64 vector of ``n_echo`` positive, increasing seconds."""
-    if echo_times is None:
-        raise ValueError(f"{name} (seconds, one per echo) is required")
-    try:
-        tes = np.asarray(echo_times, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be numbers in seconds, got {echo_times!r}") from None
-    if tes.size != n_echo:
-        raise ValueError(f"{name} must have one value per echo: the magnitude has {n_echo} "
-                         f"echoes, {name} has {tes.size}")
-    if not np.all(np.isfinite(tes)) or np.any(tes <= 0):
-        raise ValueError(f"{name} must be positive seconds, got {fmt_values(tes)}")
-    if tes.max() > 1.0:
-        raise ValueError(f"{name} must be in seconds, got {fmt_values(tes)} (milliseconds? "
-                         "divide by 1000)")
-    if np.any(np.diff(tes) <= 0):
-        raise ValueError(f"{name} must be strictly increasing, got {fmt_values(tes)}")
-    return tes
 
 
 def _arlo(S, tes, r2max):
@@ -221,7 +200,7 @@ def r2star_map(magnitude, echo_times, mask=None, *, method="arlo", r2star_max=R2
     if n_echo < 2:
         raise ValueError(f"magnitude must have at least 2 echoes on its last axis, got "
                          f"shape {mag.shape}")
-    tes = check_echo_times(echo_times, n_echo)
+    tes = as_echo_times(echo_times, n_echo, what="magnitude")
     r2max = as_positive(r2star_max, "r2star_max")
     m = as_mask(mask, mag.shape[:3])
     if np.any(mag < 0):

@@ -55,7 +55,7 @@ import scipy.fft as sfft
 
 from .._fft import WORKERS
 from .._validate import PHASE_TOL, as_int, as_mask, as_positive, as_volume, as_voxel_size
-from .r2star import check_echo_times
+from .._validate import as_echo_times
 
 __all__ = ["VEIN_PHASES", "swi", "minimum_intensity_projection"]
 
@@ -184,7 +184,7 @@ def swi(magnitude, phase, mask=None, *, voxel_size, echo_times=None, echo=None,
             raise ValueError(f"echo must be an echo index below {mag.shape[-1]}, got {e}")
         mag, ph, multi = mag[..., e], ph[..., e], False
     if multi:
-        tes = check_echo_times(echo_times, mag.shape[-1])
+        tes = as_echo_times(echo_times, mag.shape[-1], what="magnitude")
         te_ref = (float(tes.mean()) if reference_te is None
                   else as_positive(reference_te, "reference_te"))
         if te_ref > 1.0:

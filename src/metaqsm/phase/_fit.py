@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import as_mask, as_volume, as_voxel_size
+from .._validate import as_echo_times, as_mask, as_volume, as_voxel_size
 from ..units import GAMMA_RAD_PER_S_PER_T, _check_b0
 from ._unwrap import _wrap, temporal_consistency, unwrap_laplacian, unwrap_romeo
 
@@ -38,26 +38,6 @@ class EchoFit:
     phase_offset: np.ndarray
     residual: np.ndarray
     sigma: float = float("nan")
-
-
-def _check_echo_times(echo_times, n_echo):
-    if echo_times is None:
-        raise ValueError("echo_times (seconds, one per echo) is required")
-    try:
-        tes = np.asarray(echo_times, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise TypeError(f"echo_times must be numbers in seconds, got {echo_times!r}") from None
-    if tes.size != n_echo:
-        raise ValueError(f"echo_times must have one value per echo: the data have {n_echo} "
-                         f"echoes, echo_times has {tes.size}")
-    if not np.all(np.isfinite(tes)) or np.any(tes <= 0):
-        raise ValueError(f"echo_times must be positive seconds, got {tuple(tes)}")
-    if tes.max() > 0.5:
-        raise ValueError(f"echo_times must be in seconds, got {tuple(tes)} (milliseconds? "
-                         "divide by 1000)")
-    if np.any(np.diff(tes) <= 0):
-        raise ValueError(f"echo_times must be strictly increasing, got {tuple(tes)}")
-    return tes
 
 
 def _check_phase_scale(phase, phase_scale):
@@ -218,7 +198,7 @@ def fit_echoes(magnitude, phase, *, echo_times=None, field_strength=None, mask=N
     if ph.ndim == 3:
         mag, ph = mag[..., None], ph[..., None]
     n_echo = ph.shape[-1]
-    tes = _check_echo_times(echo_times, n_echo)
+    tes = as_echo_times(echo_times, n_echo)
     ph = _check_phase_scale(ph, phase_scale)
     vsz = as_voxel_size(voxel_size)
     mag = np.abs(mag)

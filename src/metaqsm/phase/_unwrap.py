@@ -9,7 +9,7 @@ from scipy.sparse import csgraph
 
 from .._fd import div_weighted_grad, divergence, gradient, poisson_solver
 from .._linalg import cg
-from .._validate import as_mask, as_volume, as_voxel_size
+from .._validate import as_echo_times, as_mask, as_volume, as_voxel_size
 
 TWO_PI = 2.0 * np.pi
 
@@ -344,11 +344,7 @@ def unwrap_romeo(phase, *, magnitude=None, mask=None, echo_times=None, individua
     n_echo = phase.shape[-1]
     tes = None
     if echo_times is not None:
-        tes = np.asarray(echo_times, dtype=float).reshape(-1)
-        if tes.size != n_echo:
-            raise ValueError(f"echo_times must have one value per echo ({n_echo}), got {tes.size}")
-        if np.any(tes <= 0):
-            raise ValueError(f"echo_times must be positive seconds, got {tuple(tes)}")
+        tes = as_echo_times(echo_times, n_echo)
 
     def spatial(e):
         p2 = r = None
