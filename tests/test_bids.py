@@ -170,7 +170,8 @@ def test_participant_level_in_parallel(study):
     assert side["EchoTime"] == pytest.approx(TES) and side["MagneticFieldStrength"] == 3.0
     assert side["Inputs"]["EchoTimeSource"] == "BIDS sidecars"
     raw = "sub-02/ses-1/anat/sub-02_ses-1_echo-1_part-phase_MEGRE.nii.gz"
-    assert raw in side["Inputs"]["phase"] and len(side["Inputs"]["SHA256"][raw]) == 64
+    assert raw in side["Inputs"]["phase"] and len(side["InputChecksums"][raw]) == 64
+    assert side["Operation"] == "bids" and side["CommandLine"].startswith("metaqsm bids ")
     assert f"bids:raw:{raw}" in side["Sources"]
     assert side["SkullStripped"] is True
     # two jobs on this machine: each subject's pools get cores // 2 threads

@@ -4,21 +4,11 @@ from)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_acquisition", "sha256"]
-
-
-def sha256(path, chunk=1 << 20):
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["load_acquisition", "bids_uris"]
 
 
 def _relative(path, root):
@@ -39,8 +29,8 @@ def load_acquisition(acq, bids_dir, *, phase_units="auto"):
     Returns
     -------
     metaqsm.io.acquisition.Scan
-        ``inputs`` holds the files relative to ``bids_dir`` (``sources``, as BIDS URIs
-        ``bids:raw:...``), their SHA-256, and the sources of the parameters.
+        ``inputs`` holds the files relative to ``bids_dir``, the sources of the parameters,
+        and ``checksums``: relative path -> SHA-256 (for the sidecars' ``InputChecksums``).
 
     Raises
     ------
@@ -48,6 +38,7 @@ def load_acquisition(acq, bids_dir, *, phase_units="auto"):
         The acquisition's ``problem``; unreadable or inconsistent files.
     """
     from ..io.acquisition import Scan, load_echoes, load_scan
+    from ..io.derivatives import file_sha256
 
     if acq.problem is not None:
         raise ValueError(acq.problem)
@@ -73,7 +64,7 @@ def load_acquisition(acq, bids_dir, *, phase_units="auto"):
         **{part: [_relative(p, bids_dir) for p in paths] for part, paths in names.items()},
         "EchoTimeSource": "BIDS sidecars",
         "MagneticFieldStrengthSource": "BIDS sidecars",
-        "SHA256": {_relative(p, bids_dir): sha256(p) for p in first + second},
+        "checksums": {_relative(p, bids_dir): file_sha256(p) for p in first + second},
     })
     scan.inputs = inputs
     return scan

@@ -46,7 +46,8 @@ class ParticipantConfig:
     ``pipeline`` holds the keywords of :func:`metaqsm.pipeline.run_pipeline` (methods and
     options); ``threads`` the threads per pool (None: leave the process's setting);
     ``maps`` whether to write R2*, T2*, SWI, mIP and referenced chi (when :mod:`metaqsm.maps`
-    is installed); ``reference_region`` the region chi is referenced to.
+    is installed); ``reference_region`` the region chi is referenced to; ``command_line`` what
+    the sidecars record as the command.
     """
 
     bids_dir: str
@@ -59,6 +60,7 @@ class ParticipantConfig:
     report: bool = True
     reference_region: str = "brain"
     threads: int | None = None
+    command_line: str | None = None
 
 
 def _have(module):
@@ -88,7 +90,8 @@ def output_names(acq):
     from ..io.derivatives import PIPELINE_OUTPUTS, sidecar_path
 
     suffixes = [s for s, _, _ in PIPELINE_OUTPUTS.values()]
-    suffixes += [s for s, _, _ in MAP_OUTPUTS.values()] + [SUMMARY_SUFFIX, REPORT_SUFFIX]
+    suffixes += [s for s, _, _ in MAP_OUTPUTS.values()] + [SUMMARY_SUFFIX, REPORT_SUFFIX,
+                                                          "log.txt"]
     names = {f"{acq.prefix}_{s}" for s in suffixes}
     return sorted(names | {sidecar_path(n).name for n in names if n.endswith((".nii.gz", ".nii"))})
 
@@ -154,15 +157,17 @@ def _minip_affine(affine, n):
     return a
 
 
-def _add_bids_keys(folder, sources):
+def _add_bids_keys(folder, sources, checksums):
     """Add what BIDS asks of derivatives to every staged JSON sidecar: ``Sources`` (the raw
     files as BIDS URIs), ``SpatialReference`` (the first magnitude: every output is on its
     grid), ``SkullStripped`` for the maps that are zero outside the brain, ``Type`` for the
-    masks."""
+    masks; and ``InputChecksums`` keyed by the inputs' paths relative to the dataset, as
+    ``Inputs`` names them (the pipeline's writer checksums only paths it can open as given)."""
     from ..io import write_json
 
     for side in Path(folder).glob("*.json"):
         meta = json.loads(side.read_text())
+        meta["InputChecksums"] = checksums
         meta.setdefault("Sources", sources)
         meta.setdefault("SpatialReference", sources[0])
         stem = side.name[: -len(".json")]
@@ -175,38 +180,43 @@ def _add_bids_keys(folder, sources):
 
 def _run(acq, cfg, caught):
     """Process one acquisition; returns (summary row, final paths). Raises on failure."""
-    from .._version import __version__
-    from .._validate import check_acquisition
+    from .._validate import MetaqsmWarning, check_acquisition
     from ..io import save_nifti, write_all, write_json
-    from ..io.derivatives import sidecar_path
-    from ..pipeline import run_pipeline, write_outputs
+    from ..io.derivatives import entity_prefix, sidecar, sidecar_path
+    from ..pipeline import record_warnings, run_pipeline, write_outputs
     from ._load import bids_uris, load_acquisition
     from ._table import format_tsv, summary_row
 
     t_start = time.perf_counter()
     out_root = Path(cfg.output_dir)
-    scan = load_acquisition(acq, cfg.bids_dir, phase_units=cfg.phase_units)
+    read_notes = []
+    with record_warnings(read_notes, "read"):
+        scan = load_acquisition(acq, cfg.bids_dir, phase_units=cfg.phase_units)
+    if scan.inputs.get("PhaseScale") not in (None, 1.0):
+        read_notes.append(f"read: phase converted to radians (phase_units {cfg.phase_units}, "
+                          f"scale {scan.inputs['PhaseScale']:.6g})")
+    checksums = scan.inputs.pop("checksums")
     mag, ph, tes, b0 = check_acquisition(scan.magnitude, scan.phase, scan.echo_times,
                                          scan.field_strength)
     result = run_pipeline(mag, ph, echo_times=tes, field_strength=b0,
                           voxel_size=scan.voxel_size, b0_dir=scan.b0_dir, affine=scan.affine,
+                          phase_units="radians-unchecked",  # the reader applied phase_units
                           progress=False, **cfg.pipeline)
     t0 = time.perf_counter()
-    maps, map_params = (_compute_maps(scan, mag, ph, result, cfg.reference_region)
-                        if cfg.maps else ({}, {}))
+    map_notes = []
+    with record_warnings(map_notes, "maps"):
+        maps, map_params = (_compute_maps(scan, mag, ph, result, cfg.reference_region)
+                            if cfg.maps else ({}, {}))
     t_maps = time.perf_counter() - t0 if maps else None
 
-    notes = []
-    for w in caught:  # Python warnings of the pipeline and maps, each once
+    notes = [*read_notes, *result.warnings, *map_notes]
+    for w in caught:  # other libraries' warnings (metaqsm's own are recorded by stage above)
         text = f"{w.category.__name__}: {w.message}"
-        if text not in notes:
+        if not issubclass(w.category, MetaqsmWarning) and text not in notes:
             notes.append(text)
-    if scan.inputs.get("PhaseScale") not in (None, 1.0):
-        notes.append(f"phase converted to radians (phase_units {cfg.phase_units}, scale "
-                     f"{scan.inputs['PhaseScale']:.6g})")
     loss = 1.0 - result.eroded_mask.sum() / max(result.mask.sum(), 1)
     if loss > 0.5:
-        notes.append(f"background removal kept only {100 * (1 - loss):.0f} % of the brain mask")
+        notes.append(f"bgremove: kept only {100 * (1 - loss):.0f} % of the brain mask")
 
     work = out_root / WORK_DIR
     work.mkdir(exist_ok=True)
@@ -214,16 +224,11 @@ def _run(acq, cfg, caught):
     try:
         staged = write_outputs(result, stage, subject=acq.subject, session=acq.session,
                                inputs=scan.inputs, force=True, header=scan.header,
-                               figure=cfg.figure)
+                               figure=cfg.figure, warnings=read_notes,
+                               command_line=cfg.command_line, log=True, operation="bids")
         staged = list(staged.values()) + [sidecar_path(p) for k, p in staged.items()
-                                          if k != "figure"]
-        from ..io.derivatives import entity_prefix
-
+                                          if k not in ("figure", "log")]
         short = entity_prefix(acq.subject, acq.session)
-        common = {"GeneratedBy": [{"Name": "metaqsm", "Version": __version__}],
-                  "EchoTime": [float(t) for t in tes], "MagneticFieldStrength": float(b0),
-                  "VoxelSize": [float(v) for v in result.voxel_size],
-                  "B0Direction": [float(v) for v in result.b0_dir], "Inputs": scan.inputs}
         items = []
         for key, array in maps.items():
             if key not in MAP_OUTPUTS:
@@ -235,16 +240,18 @@ def _run(acq, cfg, caught):
                 affine = _minip_affine(result.affine, map_params["minip"]["slices"])
             items.append((path, lambda tmp, a=array, af=affine: save_nifti(
                 tmp, a, af, header=scan.header, force=True)))
-            meta = {**common, "Description": description, "Stages": {
-                **{s: result.parameters.get(s, {}) for s in ("mask", "fit-echoes")},
-                key: map_params.get(key, {})}}
+            stages = {s: result.parameters.get(s, {}) for s in ("mask", "fit-echoes")}
             if key == "chi_ref":
-                meta["Stages"] = {**result.parameters, key: map_params[key]}
-            if unit:
-                meta["Units"] = unit
+                stages = dict(result.parameters)
+            stages[key] = map_params.get(key, {})
+            meta = sidecar(operation="bids", description=description, units=unit,
+                           command_line=cfg.command_line, stages=stages, echo_times=tes,
+                           field_strength=b0, voxel_size=result.voxel_size,
+                           b0_dir=result.b0_dir, inputs=scan.inputs, checksums=checksums,
+                           timings={"maps": t_maps or 0.0}, warnings=map_notes)
             items.append((sidecar_path(path), lambda tmp, m=meta: write_json(tmp, m, force=True)))
         staged += write_all(items, force=True)
-        _add_bids_keys(stage, bids_uris(acq, cfg.bids_dir))
+        _add_bids_keys(stage, bids_uris(acq, cfg.bids_dir), checksums)
         if cfg.report and _have("metaqsm.qc"):
             from ..qc import subject_report_from_result
 
@@ -252,7 +259,7 @@ def _run(acq, cfg, caught):
             info = subject_report_from_result(report, result, magnitude=mag,
                                               r2star=maps.get("r2star"), swi=maps.get("swi"),
                                               warnings=notes, title=acq.label, force=True)
-            notes = list(info.get("warnings", notes))
+            notes += [w for w in info.get("warnings", []) if w not in notes]
             staged.append(report)
         timings = {"maps": t_maps, "total": time.perf_counter() - t_start}
         row = summary_row(acq, result, maps=maps, timings=timings, warnings=notes,
@@ -270,7 +277,6 @@ def _run(acq, cfg, caught):
         # the summary last: it marks the acquisition finished
         for src in sorted(names, key=lambda p: p == summary):
             os.replace(src, final_dir / names[src])
-        row["time_total"] = timings["total"]
         return row, [final_dir / n for n in names.values()]
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -132,6 +132,7 @@ def _options(items, flag, lookup, name, argument):
 
 def run_bids(args):
     from ..bids import run_group, run_participants
+    from ..io.derivatives import command_line
     from ..methods import bgremoval, inversion
 
     args.flag_aliases = _ALIASES
@@ -169,7 +170,8 @@ def run_bids(args):
         mask_options={"erode_mm": args.mask_erode_mm} if args.mask_erode_mm else None,
         bgremove_method=args.bgremove, bgremove_options=bg_opts, inversion_method=args.method,
         inversion_options=inv_opts, figure=not args.no_figure, maps=not args.no_maps,
-        report=not args.no_report, reference_region=args.reference_region, callback=progress)
+        report=not args.no_report, reference_region=args.reference_region,
+        command_line=command_line(args.argv), callback=progress)
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
     print(f"metaqsm bids participant: {counts['ok']} processed, {counts['skipped']} skipped "
           f"(finished before), {counts['failed']} failed in {time.perf_counter() - t0:.1f} s "
