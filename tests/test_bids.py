@@ -140,6 +140,31 @@ def test_find_acquisitions(tmp_path):
         find_acquisitions(anat)
 
 
+def test_t2starw_and_swi_names(tmp_path):
+    """QSMxT's T2starw and the SWI proposal's swi/ folder are read; two acquisitions whose
+    outputs would share names are reported, not overwritten."""
+    root = tmp_path / "raw"
+    simulate_dataset(root, subjects=1, sessions=0, suffix="T2starw", rng=8, **SMALL)
+    (acq,) = find_acquisitions(root)
+    assert acq.suffix == "T2starw" and acq.echo_times == pytest.approx(TES)
+    swi = root / "sub-01" / "swi"
+    swi.mkdir()
+    for part in ("mag", "phase"):
+        for ext in (".nii.gz", ".json"):
+            shutil.copy(root / f"sub-01/anat/sub-01_echo-1_part-{part}_T2starw{ext}",
+                        swi / f"sub-01_part-{part}_swi{ext}")
+    found = {a.suffix: a for a in find_acquisitions(root)}
+    assert found["swi"].echo_times == pytest.approx(TES[:1])
+    assert found["swi"].problem == ("its outputs would have the names of sub-01_T2starw's "
+                                    "(sub-01_*); rename one (acq- entity)")
+    for part in ("mag", "phase"):
+        for ext in (".nii.gz", ".json"):
+            (swi / f"sub-01_part-{part}_swi{ext}").rename(
+                swi / f"sub-01_acq-swi_part-{part}_swi{ext}")
+    found = {a.label: a for a in find_acquisitions(root)}
+    assert found["sub-01 acq-swi"].problem is None
+
+
 # ----------------------------------------------------------------------------- the study run
 def test_participant_level_in_parallel(study):
     out = study["out"]
