@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import os
 import sys
+import threading
 
 __all__ = ["available_cores", "limit_threads", "THREAD_ENV"]
 
@@ -30,16 +31,12 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-@contextlib.contextmanager
-def limit_threads(n):
-    """Run a block with at most ``n`` threads in each pool; restore the settings after.
+_LOCK = threading.Lock()
+_ACTIVE = {"count": 0, "restore": None}
 
-    ``n`` None leaves everything as it is.
-    """
-    if n is None:
-        yield
-        return
-    n = max(1, int(n))
+
+def _apply(n):
+    """Set every pool to ``n`` threads; return a function that restores the settings."""
     saved_env = {k: os.environ.get(k) for k in THREAD_ENV}
     os.environ.update({k: str(n) for k in THREAD_ENV})
     for name in _WORKER_MODULES:
@@ -54,22 +51,51 @@ def limit_threads(n):
     saved_torch = torch.get_num_threads() if torch is not None else None
     if torch is not None:
         torch.set_num_threads(n)
-    with contextlib.ExitStack() as stack:
-        try:
-            from threadpoolctl import threadpool_limits
+    limits = None
+    try:
+        from threadpoolctl import threadpool_limits
 
-            stack.enter_context(threadpool_limits(limits=n))
-        except ImportError:
-            pass
-        try:
-            yield
-        finally:
-            for m, w in saved_workers.items():
-                m.WORKERS = w
-            if saved_torch is not None:
-                sys.modules["torch"].set_num_threads(saved_torch)
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        limits = threadpool_limits(limits=n)
+    except ImportError:
+        pass
+
+    def restore():
+        if limits is not None:
+            limits.restore_original_limits()
+        for m, w in saved_workers.items():
+            m.WORKERS = w
+        if saved_torch is not None:
+            sys.modules["torch"].set_num_threads(saved_torch)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    return restore
+
+
+@contextlib.contextmanager
+def limit_threads(n):
+    """Run a block with at most ``n`` threads in each pool; restore the settings after.
+
+    ``n`` None leaves everything as it is. The pools are the process's: when several blocks
+    run at once in threads of one process (a Dask worker running several acquisitions), the
+    first sets them and the last restores them.
+    """
+    if n is None:
+        yield
+        return
+    n = max(1, int(n))
+    with _LOCK:
+        if _ACTIVE["count"] == 0:
+            _ACTIVE["restore"] = _apply(n)
+        _ACTIVE["count"] += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _ACTIVE["count"] -= 1
+            if _ACTIVE["count"] == 0:
+                _ACTIVE["restore"]()
+                _ACTIVE["restore"] = None
