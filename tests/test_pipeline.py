@@ -114,7 +114,10 @@ def test_automatic_mask_on_brain_phantom():
                         bgremove_options={"radius": 4.0})
     assert np.array_equal(res2.mask, user)
     assert not np.any(res2.chi[~user])
-    assert res2.parameters["bgremove"] == {"method": "resharp", "radius": 4.0}
+    bg = res2.parameters["bgremove"]
+    assert (bg["method"], bg["radius"]) == ("resharp", 4.0)
+    # the phantom's rim without signal is left out of background removal, and recorded
+    assert 0 <= bg["unreliable_voxels_left_out"] < 0.05 * user.sum()
 
 
 @pytest.fixture(scope="module")
@@ -350,3 +353,21 @@ def test_progress_goes_to_a_terminal_only(tiny, capsys, monkeypatch):
     assert "metaqsm" in capsys.readouterr().err
     run_pipeline(acq.magnitude, acq.phase, progress=False, **kw)
     assert capsys.readouterr().err == ""
+
+
+def test_estimated_mask_is_eroded_by_one_voxel(tiny):
+    """The automatic mask loses its partial-volume rim (one voxel, the smallest voxel
+    dimension) unless erode_mm is given; a user's mask is never eroded."""
+    from metaqsm.mask import brain_mask, erode_mask
+
+    acq, ph = tiny
+    kw = dict(echo_times=acq.echo_times, field_strength=3.0, voxel_size=acq.voxel_size,
+              inversion_method=None, progress=False)
+    full = brain_mask(acq.magnitude, voxel_size=acq.voxel_size)
+    res = run_pipeline(acq.magnitude, acq.phase, **kw)
+    assert res.parameters["mask"] == {"method": "brain_mask", "erode_mm": 1.5}
+    assert np.array_equal(res.mask, erode_mask(full, voxel_size=acq.voxel_size, radius_mm=1.5))
+    none = run_pipeline(acq.magnitude, acq.phase, mask_options={"erode_mm": 0}, **kw)
+    assert np.array_equal(none.mask, full)
+    user = run_pipeline(acq.magnitude, acq.phase, mask=ph.mask, **kw)
+    assert np.array_equal(user.mask, ph.mask)

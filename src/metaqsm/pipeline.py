@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import MetaqsmWarning, as_b0_dir, as_mask, as_voxel_size, check_phase_radians
+from ._validate import MaskWarning, MetaqsmWarning, as_b0_dir, as_mask, as_voxel_size, warn
+from ._validate import check_phase_radians
 from ._validate import check_acquisition as check_inputs
 from .methods import DEFAULT_BGREMOVE, DEFAULT_INVERSION, bgremoval, inversion
 from .units import PHASE_UNITS, phase_to_radians
@@ -223,7 +224,7 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
     from tqdm.auto import tqdm
 
     from .mask import brain_mask, check_thickness
-    from .phase import fit_echoes
+    from .phase import RELIABLE_NOISE_FACTOR, fit_echoes, reliable_mask
 
     if phase_units not in PHASE_UNITS:
         raise ValueError(f"phase_units must be one of {', '.join(PHASE_UNITS)}, got "
@@ -287,13 +288,21 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
         t0 = time.perf_counter()
         bar.set_postfix_str("bgremove")
         with record_warnings(warned, "bgremove"):
-            local, eroded = bg_func(fit.field, brain, voxel_size=vsz, b0_dir=b0,
+            # the rim of the mask without signal (a generous skull strip) is fitted noise of
+            # several ppm that background removal would spread into the brain: left out
+            reliable, unreliable = reliable_mask(brain, fit.noise)
+            if unreliable > 0.1 * brain.sum():
+                warn(f"{unreliable} of {int(brain.sum())} mask voxels have no reliable field "
+                     f"(echo-fit noise above {RELIABLE_NOISE_FACTOR:g}x the brain's median) and "
+                     "were left out of background removal: check the mask", MaskWarning)
+            local, eroded = bg_func(fit.field, reliable, voxel_size=vsz, b0_dir=b0,
                                     **bgremove_options)
         eroded = np.asarray(eroded, bool)
         if not eroded.any():  # every method refuses this itself; a guard for new ones
             raise ValueError(f"bgremove_method {bgremove_method} left an empty mask: the brain "
                              "mask is too small for its kernel; use a smaller radius")
-        params["bgremove"] = {"method": bgremove_method, **bgremove_options}
+        params["bgremove"] = {"method": bgremove_method, **bgremove_options,
+                              "unreliable_voxels_left_out": unreliable}
         timings["bgremove"] = time.perf_counter() - t0
         bar.update()
 

@@ -80,8 +80,9 @@ def register(subparsers):
                    help="echo fit method of metaqsm.phase.fit_echoes")
     p.add_argument("--unwrap", default=DEFAULT_UNWRAP, metavar="romeo|laplacian",
                    help="phase unwrapping inside the echo fit")
-    p.add_argument("--mask-erode-mm", type=float, default=0.0,
-                   help="erode the estimated brain mask by this many mm")
+    p.add_argument("--mask-erode-mm", type=float, default=None,
+                   help="erode the estimated brain mask by this many mm (default: one voxel, "
+                        "the smallest voxel dimension; 0: none)")
     p.add_argument("--bgremove", default=DEFAULT_BGREMOVE, metavar="NAME",
                    help="background field removal: resharp, vsharp, sharp, pdf, lbv")
     _add_options_arg(p, "--bgremove-option", "background removal (e.g. radius=6)")
@@ -355,7 +356,8 @@ def run_run(args):
     result = run_pipeline(mag, ph, echo_times=tes, field_strength=b0, voxel_size=scan.voxel_size,
                           b0_dir=scan.b0_dir, affine=scan.affine, mask=mask, fit_method=args.fit,
                           unwrap_method=args.unwrap,
-                          mask_options={"erode_mm": args.mask_erode_mm} if args.mask_erode_mm else None,
+                          mask_options=(None if args.mask_erode_mm is None
+                                        else {"erode_mm": args.mask_erode_mm}),
                           bgremove_method=args.bgremove, bgremove_options=bg_opts,
                           inversion_method=args.method, inversion_options=inv_opts,
                           phase_units="radians-unchecked",  # load_scan applied --phase-units
