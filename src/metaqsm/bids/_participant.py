@@ -112,7 +112,7 @@ def _equally_spaced(tes):
     return d.size >= 2 and np.allclose(d, d[0], rtol=1e-3)
 
 
-def _compute_maps(scan, mag, ph, result, region):
+def _compute_maps(mag, ph, result, region):
     """R2* (1/s), T2* (s), SWI, its mIP and referenced chi; ``{}`` without metaqsm.maps."""
     if not _have("metaqsm.maps"):
         return {}, {}
@@ -205,7 +205,7 @@ def _run(acq, cfg, caught):
     t0 = time.perf_counter()
     map_notes = []
     with record_warnings(map_notes, "maps"):
-        maps, map_params = (_compute_maps(scan, mag, ph, result, cfg.reference_region)
+        maps, map_params = (_compute_maps(mag, ph, result, cfg.reference_region)
                             if cfg.maps else ({}, {}))
     t_maps = time.perf_counter() - t0 if maps else None
 
