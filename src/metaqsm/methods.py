@@ -401,8 +401,10 @@ BGREMOVALS = {m.name: m for m in (
                            positive=False))),
 )}
 
-DEFAULT_INVERSION = "ilsqr"
-"""The inversion used when none is named (``metaqsm invert``, ``metaqsm run``)."""
+DEFAULT_INVERSION = "tv"
+"""The inversion used when none is named (``metaqsm invert``, ``metaqsm run``): TV, the winner
+of the realistic suite (``metaqsm evaluate --suite realistic``, docs/results/realistic) and of the
+maintainers' real brain among the methods measured there (issue 15); iLSQR before."""
 
 DEFAULT_BGREMOVE = "resharp"
 """The background removal used when none is named (6 mm sphere, as the Meta-QSM paper)."""

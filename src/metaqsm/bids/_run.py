@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..pipeline import DEFAULT_BGREMOVE, DEFAULT_FIT, DEFAULT_INVERSION, DEFAULT_UNWRAP
 from ._find import check_bids_dir, find_acquisitions
 from ._names import BIDS_VERSION, error_path
 from ._participant import ParticipantConfig, acquisition_state, process_acquisition
@@ -241,9 +242,10 @@ def _run_dask(client, todo, cfg, remote, callback):
 
 def run_participants(bids_dir, output_dir, *, participant_label=None, session_label=None,
                      n_jobs=1, dask_scheduler=None, threads_per_subject=None, force=False,
-                     skip_existing=True, phase_units="auto", fit_method="nonlinear",
-                     unwrap_method="romeo", mask_options=None, bgremove_method="resharp",
-                     bgremove_options=None, inversion_method="ilsqr", inversion_options=None,
+                     skip_existing=True, phase_units="auto", fit_method=DEFAULT_FIT,
+                     unwrap_method=DEFAULT_UNWRAP, mask_options=None,
+                     bgremove_method=DEFAULT_BGREMOVE, bgremove_options=None,
+                     inversion_method=DEFAULT_INVERSION, inversion_options=None,
                      figure=True, maps=True, report=True, reference_region="brain",
                      command_line=None, callback=None):
     """Run the pipeline on every multi-echo GRE acquisition of a BIDS dataset.
