@@ -16,6 +16,7 @@ import pytest
 
 from metaqsm.bids import find_acquisitions, run_group, run_participants, simulate_dataset
 from metaqsm.cli import main
+from metaqsm.methods import DEFAULT_INVERSION
 
 SHAPE = (48, 48, 40)
 VSZ = (3.0, 3.0, 3.0)
@@ -205,7 +206,7 @@ def test_participant_level_in_parallel(study):
     summary = (_anat(out, "01", "1") / "sub-01_ses-1_desc-summary_qsm.tsv").read_text()
     row = dict(zip(*[ln.split("\t") for ln in summary.splitlines()]))
     assert row["threads"] == str(max(1, available_cores() // 2))
-    assert row["status"] == "ok" and row["inversion"] == "ilsqr"
+    assert row["status"] == "ok" and row["inversion"] == DEFAULT_INVERSION
 
 
 def test_derivatives_pass_the_bids_validator(study):
