@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ..units import PHASE_UNITS
 from . import _common
@@ -200,5 +201,6 @@ def run_bids_example(args):
     print(f"metaqsm bids-example: {args.subjects} subjects, {len(written)} acquisitions "
           f"({len(args.echo_times)} echoes, {'x'.join(map(str, args.shape))} voxels) in "
           f"{time.perf_counter() - t0:.1f} s -> {args.root}")
-    print(f"  next: metaqsm bids {args.root} {args.root}/derivatives/metaqsm participant")
+    root = str(args.root).rstrip("/") or "/"
+    print(f"  next: metaqsm bids {root} {Path(root) / 'derivatives' / 'metaqsm'} participant")
     return 0
