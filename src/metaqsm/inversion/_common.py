@@ -1,6 +1,7 @@
 """Private helpers shared by the classical dipole inversions.
 
-Input checks, percentile weights and the optional progress bar. The numerical primitives
+Input checks, percentile weights, the optional progress bar and the steps the TV-type ADMMs
+(tv, rts, nltv) share. The numerical primitives
 (padding and FFT convolution, finite differences, conjugate gradients) are the core's:
 :mod:`metaqsm._fft`, :mod:`metaqsm._fd`, :mod:`metaqsm._linalg`.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._fd import divergence, gradient
+from .._fft import irfft, rfft
 from .._validate import as_field_inputs, as_int, as_positive, as_volume
 
 __all__ = []  # private module
@@ -82,6 +85,39 @@ def relative_change(x, x0, work):
     ndx = float(np.sqrt(np.vdot(work.ravel(), work.ravel())))
     nx = float(np.sqrt(np.vdot(x.ravel(), x.ravel())))
     return ndx / max(nx, 1e-30)
+
+
+def converged(x, x0, work, bar, tol):
+    """One ADMM iteration's bookkeeping: the relative change of chi shown on ``bar``; whether
+    it fell below ``tol``."""
+    change = relative_change(x, x0, work)
+    bar.update()
+    bar.set_postfix_str(f"dx/x={change:.2e}")
+    return change < tol
+
+
+def chi_update(v, step, fhat, out, *, voxel_size, work, work2):
+    """The closed-form chi-update of the TV-type ADMMs, into ``out``:
+    ``IFFT(step FFT(div v) + fhat)`` (``step`` holds ``-rho / A``, the adjoint of the gradient
+    being minus the divergence; ``fhat`` the constant data part)."""
+    divergence(v, voxel_size=voxel_size, out=work, work=work2)
+    X = rfft(work)
+    X *= step
+    X += fhat
+    out[...] = irfft(X, out.shape)
+    return out
+
+
+def shrink_step(x, dual, out, thr, *, voxel_size, work):
+    """The z-update of anisotropic TV and its scaled dual, in place: ``work = grad x``,
+    ``dual += work``, ``z = shrink(dual, thr)``, ``dual -= z``; ``out`` receives ``z - dual``
+    (what the next chi-update takes). ``work`` may be ``out``."""
+    gradient(x, voxel_size=voxel_size, out=work)
+    dual += work
+    soft_threshold(dual, thr, out=out)
+    dual -= out
+    out -= dual
+    return out
 
 
 def check_magnitude(magnitude, shape, what="field", combine="rss"):

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from .._fd import divergence, gradient
+from .._fd import divergence
 from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
@@ -204,18 +204,10 @@ def _admm(phi, w2, mp, D, L, vsz, alpha, rho, mu, tol, max_iter, bar):
         X += rfft(e) * kd
         x[...] = irfft(X, shape)
 
-        change = _common.relative_change(x, x0, tmp)
-        bar.update()
-        bar.set_postfix_str(f"dx/x={change:.2e}")
-        if change < tol:
+        if _common.converged(x, x0, tmp, bar, tol):
             break
-
-        # z-update (anisotropic TV) and its dual
-        gradient(x, voxel_size=vsz, out=g)
-        s += g                          # v = grad x + s
-        _common.soft_threshold(s, thr, out=z)  # z = shrink(v, alpha / rho)
-        s -= z                          # s = v - z
-        z -= s                          # z - s for the next x-update
+        # z-update (anisotropic TV) and its dual; z receives z - s for the next x-update
+        _common.shrink_step(x, s, z, thr, voxel_size=vsz, work=g)
 
         # z2-update: Newton on the mask, z2 = v outside (W = 0)
         X *= D

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, lsmr
 
-from .._fd import divergence, gradient
+from .._fd import gradient
 from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
@@ -212,17 +212,9 @@ def _ill_conditioned(x1, X1, wc, L, vsz, mu, rho, tol, max_iter, bar, tau=0.7, g
     nr = np.inf
     for it in range(max_iter):
         x, x0 = x0, x
-        divergence(v, voxel_size=vsz, out=tmp, work=tmp2)
-        X = rfft(tmp)
-        X *= step
-        X += Fhat
-        x[...] = irfft(X, shape)
-        del X
-
-        change = _common.relative_change(x, x0, tmp)
-        bar.update()
-        bar.set_postfix_str(f"dx/x={change:.2e}")
-        if it > 0 and change < tol:  # the first update reproduces chi_1 (y = grad chi_1)
+        _common.chi_update(v, step, Fhat, x, voxel_size=vsz, work=tmp, work2=tmp2)
+        # the first update reproduces chi_1 (y = grad chi_1)
+        if _common.converged(x, x0, tmp, bar, tol) and it > 0:
             break
 
         gradient(x, voxel_size=vsz, out=d)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._fd import divergence, gradient
-from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
+from .._fd import gradient
+from .._fft import crop_volume, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
 from . import _common
@@ -105,24 +105,10 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     try:
         for _ in range(max_iter):
             x, x0 = x0, x
-            divergence(d, voxel_size=vsz, out=tmp, work=tmp2)
-            X = rfft(tmp)
-            X *= step
-            X += Fhat
-            x[...] = irfft(X, shape)
-            del X
-
-            change = _common.relative_change(x, x0, tmp)
-            bar.update()
-            bar.set_postfix_str(f"dx/x={change:.2e}")
-            if change < tol:
+            _common.chi_update(d, step, Fhat, x, voxel_size=vsz, work=tmp, work2=tmp2)
+            if _common.converged(x, x0, tmp, bar, tol):
                 break
-
-            gradient(x, voxel_size=vsz, out=d)
-            u += d                       # v = grad x + u
-            _common.soft_threshold(u, thr, out=d)  # z = shrink(v, lam / rho)
-            u -= d                       # u = v - z
-            np.subtract(d, u, out=d)     # z - u for the next chi-update
+            _common.shrink_step(x, u, d, thr, voxel_size=vsz, work=d)  # d = z - u
     finally:
         bar.close()
 
