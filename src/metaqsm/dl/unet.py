@@ -90,6 +90,26 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+
+def unet_pass(h, down, up_conv, up_block, geom):
+    """The U-Net's encoder and decoder (before the head): ``down`` blocks with 2x max pooling
+    between them, then per level a 1x1x1 ``up_conv``, trilinear 2x upsampling and an
+    ``up_block`` on the skip connection concatenated with it. Shared by :class:`MetaQSM` /
+    :class:`MesaQSM` and the unrolled network's regulariser (:mod:`metaqsm.dl.unrolled`)."""
+    skips = []
+    for level, block in enumerate(down):
+        if level > 0:
+            h = F.max_pool3d(h, 2)
+        h = block(h, geom)
+        skips.append(h)
+    skips.pop()
+    for up, block in zip(up_conv, up_block):
+        # the 1x1x1 convolution commutes with linear interpolation: apply it first, on the
+        # coarse grid, where it is 8 times cheaper and halves the channels to interpolate
+        h = F.interpolate(up(h, geom), scale_factor=2, mode="trilinear", align_corners=False)
+        h = block(torch.cat([skips.pop(), h], dim=1), geom)
+    return h
+
 class _QSMUNet(nn.Module):
     """The U-Net shared by both networks; subclasses choose the convolution.
 
@@ -196,18 +216,7 @@ class _QSMUNet(nn.Module):
         if any(pad):
             h = F.pad(h, (0, pad[2], 0, pad[1], 0, pad[0]))
         h = h.contiguous(memory_format=torch.channels_last_3d if geom is None else geom.memory_format)
-        skips = []
-        for level, block in enumerate(self.down):
-            if level > 0:
-                h = F.max_pool3d(h, 2)
-            h = block(h, geom)
-            skips.append(h)
-        skips.pop()
-        for up, block in zip(self.up_conv, self.up_block):
-            # the 1x1x1 convolution commutes with linear interpolation: apply it first, on the
-            # coarse grid, where it is 8 times cheaper and halves the channels to interpolate
-            h = F.interpolate(up(h, geom), scale_factor=2, mode="trilinear", align_corners=False)
-            h = block(torch.cat([skips.pop(), h], dim=1), geom)
+        h = unet_pass(h, self.down, self.up_conv, self.up_block, geom)
         out = self.head(h, geom) / self.output_scale
         if any(pad):
             out = out[:, :, :size[0], :size[1], :size[2]]

@@ -52,6 +52,7 @@ from ..inversion.direct import tkd_inverse_kernel
 from ..kernels import dipole_kernel
 from .layers import DoubleConv, Geometry, WPConv3d
 from .registry import register_model
+from .unet import unet_pass
 
 __all__ = ["MetaUnrolled", "RegulariserUNet", "invert_meta_unrolled", "multiply_adds_per_voxel"]
 
@@ -103,16 +104,7 @@ class RegulariserUNet(nn.Module):
         if any(pad):
             h = F.pad(h, (0, pad[2], 0, pad[1], 0, pad[0]))
         h = h.contiguous(memory_format=geom.memory_format)
-        skips = []
-        for level, block in enumerate(self.down):
-            if level > 0:
-                h = F.max_pool3d(h, 2)
-            h = block(h, geom)
-            skips.append(h)
-        skips.pop()
-        for up, block in zip(self.up_conv, self.up_block):
-            h = F.interpolate(up(h, geom), scale_factor=2, mode="trilinear", align_corners=False)
-            h = block(torch.cat([skips.pop(), h], dim=1), geom)
+        h = unet_pass(h, self.down, self.up_conv, self.up_block, geom)
         out = self.head(h, geom)
         if any(pad):
             out = out[:, :, :size[0], :size[1], :size[2]]
