@@ -143,6 +143,18 @@ def record_warnings(into, stage):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _without_rim(mask, vsz):
+    """The estimated mask less its outer voxel (eroded by the smallest voxel dimension) and the
+    erosion applied: none where that would keep less than half of it (a slab)."""
+    from .mask import KEEP_FRACTION, erode_mask
+
+    r = float(vsz.min())
+    inner = erode_mask(mask, voxel_size=vsz, radius_mm=r)
+    if inner.sum() < KEEP_FRACTION * mask.sum():
+        return mask, 0.0
+    return inner, r
+
+
 def _checked_method(lookup, name, options, stage):
     """The registered method and its checked options; errors name the pipeline's arguments
     (``<stage>_method``, ``<stage>_options``)."""
@@ -182,7 +194,11 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
     unwrap_method : str
         Unwrapping in the echo fit (default "romeo").
     mask_options : dict, optional
-        Keywords of :func:`metaqsm.mask.brain_mask` (method, erode_mm, fill_holes).
+        Keywords of :func:`metaqsm.mask.brain_mask` (method, erode_mm, fill_holes). Unless
+        ``erode_mm`` is given, the estimated mask is eroded by one voxel (the smallest voxel
+        dimension): the magnitude's edge is the partial-volume layer against the skull, where
+        the background field is steepest (see docs/pipeline.md, *Accuracy*); not on a mask
+        that this would cut by half or more (a slab of a few slices).
     bgremove_method : str
         Background removal (default "resharp", 6 mm sphere, smaller on a small mask: see
         :func:`metaqsm.bgremove.resharp`); see :mod:`metaqsm.bgremove`.
@@ -267,6 +283,8 @@ def run_pipeline(magnitude, phase, *, echo_times, field_strength, voxel_size, b0
                 params["mask"] = {"method": "user"}
             else:
                 brain = brain_mask(mag, voxel_size=vsz, **mask_options)
+                if "erode_mm" not in mask_options:
+                    brain, mask_options["erode_mm"] = _without_rim(brain, vsz)
                 if not np.any(brain):
                     raise ValueError("the brain mask from the magnitude is empty; give a mask")
                 params["mask"] = {"method": "brain_mask", **mask_options}
