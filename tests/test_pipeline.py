@@ -383,3 +383,31 @@ def test_estimated_mask_is_eroded_by_one_voxel(tiny):
     assert applied == 0.0 and np.array_equal(same, slab)
     inner, applied = _without_rim(slab, np.array([1.0, 1.0, 3.5]))
     assert applied == 1.0 and inner.sum() == 14 * 14 * 4
+
+
+def test_recorded_warnings_stay_in_their_thread():
+    """Pipelines in threads (a Dask worker) record their own warnings, not each other's."""
+    import threading
+    import warnings
+
+    from metaqsm._validate import MaskWarning, warn
+    from metaqsm.pipeline import record_warnings
+
+    barrier, out = threading.Barrier(2), {}
+
+    def work(name):
+        got = []
+        with record_warnings(got, name):
+            barrier.wait()
+            warn(f"from {name}", MaskWarning)
+            barrier.wait()
+        out[name] = got
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        threads = [threading.Thread(target=work, args=(n,)) for n in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert out == {"a": ["a: from a"], "b": ["b: from b"]}

@@ -3,6 +3,9 @@ and what was received."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 
 
@@ -16,17 +19,36 @@ class MaskWarning(MetaqsmWarning):
     erosion radius reduced to fit a small mask."""
 
 
+_RECORDERS = contextvars.ContextVar("metaqsm_warning_recorders", default=())
+
+
 def warn(message, category=MetaqsmWarning):
-    """``warnings.warn`` attributed to the caller's code: the first frame outside metaqsm."""
+    """``warnings.warn`` attributed to the caller's code (the first frame outside metaqsm), and
+    handed to the :func:`recording_warnings` blocks around it. metaqsm's own warnings go through
+    here."""
     import os
     import sys
     import warnings
 
+    for record in _RECORDERS.get():
+        record(str(message))
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     frame, level = sys._getframe(0), 1
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+@contextlib.contextmanager
+def recording_warnings(record):
+    """Call ``record(message)`` for every :func:`warn` in the block, in this thread (a context
+    variable, so concurrent pipelines in threads keep their own), without touching the
+    process-wide warning filters."""
+    token = _RECORDERS.set((*_RECORDERS.get(), record))
+    try:
+        yield
+    finally:
+        _RECORDERS.reset(token)
 
 
 def as_volume(x, name="field", *, ndim=3, dtype=np.float32, allow_complex=False):

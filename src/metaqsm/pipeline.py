@@ -16,17 +16,15 @@ their JSON sidecars and the picture, all or nothing.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ._validate import MaskWarning, MetaqsmWarning, as_b0_dir, as_mask, as_voxel_size, warn
+from ._validate import MaskWarning, as_b0_dir, as_mask, as_voxel_size, recording_warnings, warn
 from ._validate import check_phase_radians
 from ._validate import check_acquisition as check_inputs
 from .methods import DEFAULT_BGREMOVE, DEFAULT_INVERSION, bgremoval, inversion
@@ -80,7 +78,7 @@ class PipelineResult:
     timings : dict
         Seconds per stage.
     warnings : list of str
-        metaqsm's warnings raised by the stages (:class:`metaqsm._validate.MetaqsmWarning`:
+        metaqsm's warnings raised by the stages (through :func:`metaqsm._validate.warn`:
         a mask that lost most of the brain, a radius reduced to fit the mask), as
         ``"<stage>: <message>"``; the sidecars and the log record them.
     """
@@ -123,24 +121,11 @@ def call_inversion(method, local_field, mask, *, voxel_size, b0_dir, options=Non
     return func(local_field, mask, voxel_size=voxel_size, b0_dir=b0_dir, **opts)
 
 
-@contextlib.contextmanager
 def record_warnings(into, stage):
-    """Collect metaqsm's warnings (:class:`~metaqsm._validate.MetaqsmWarning`) raised in the
-    block into the list ``into`` as ``"<stage>: <message>"``; every warning is then passed on
-    to the caller's filters as usual."""
-    pending = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                yield
-            finally:
-                pending = list(caught)
-    finally:  # also when the stage fails: what it warned of helps to read the error
-        for w in pending:
-            if issubclass(w.category, MetaqsmWarning):
-                into.append(f"{stage}: {w.message}")
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    """A block whose metaqsm warnings (:func:`metaqsm._validate.warn`) are appended to the list
+    ``into`` as ``"<stage>: <message>"``; they still reach the caller's warning filters. Safe in
+    threads (each thread records its own)."""
+    return recording_warnings(lambda message: into.append(f"{stage}: {message}"))
 
 
 def _without_rim(mask, vsz):
