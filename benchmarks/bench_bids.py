@@ -50,11 +50,15 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="64 x 64 x 48 voxels of 3 mm")
+    p.add_argument("--clinical", action="store_true",
+                   help="144 x 144 x 96 voxels of 1.33 mm (a clinical scan's size)")
     p.add_argument("--repeat", type=int, default=1, help="pairs of runs (1 job, 2 jobs)")
     p.add_argument("--subjects", type=int, default=3)
     p.add_argument("--sessions", type=int, default=2)
     args = p.parse_args(argv)
     shape, vsz = ((64, 64, 48), (3.0, 3.0, 3.0)) if args.quick else ((96, 96, 64), (2.0,) * 3)
+    if args.clinical:
+        shape, vsz = (144, 144, 96), (4.0 / 3.0,) * 3
 
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp) / "study"
