@@ -185,7 +185,8 @@ def _fast_estimate(fp, mp, D, vsz):
     wk = aD ** np.float32(1e-3)
     p1, p30 = np.percentile(wk, [1.0, 30.0])
     wk = np.clip((wk - p1) / np.float32(max(p30 - p1, 1e-12)), 0.0, 1.0).astype(np.float32)
-    h = smv_kernel(shape, voxel_size=vsz, radius=3.0)
+    # FastQSM's 3 mm sphere, never smaller than a voxel (slices thicker than 3 mm)
+    h = smv_kernel(shape, voxel_size=vsz, radius=max(3.0, float(np.max(vsz))))
     blend = wk + (1.0 - wk) * h  # w X + (1 - w) h X = (w + (1 - w) h) X
     del h
 
