@@ -1,5 +1,5 @@
 """The BIDS App: a simulated study (3 subjects x 2 sessions) found with pybids, processed in
-parallel on a local Dask cluster, one subject broken on purpose; derivatives checked by name, by
+parallel (2 worker processes; a Dask cluster for --dask-scheduler), one subject broken on purpose; derivatives checked by name, by
 content and by the BIDS validator; reruns, the group table, errors before any work."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _validator_errors(path):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A 3-subject, 2-session study without derivatives/, with one phase file broken, run with
-    two jobs on a local Dask cluster."""
+    two jobs (worker processes)."""
     root = tmp_path_factory.mktemp("bids") / "study"
     simulate_dataset(root, subjects=3, sessions=2, rng=3, **SMALL)
     original = (root / BROKEN).read_bytes()
@@ -415,3 +415,28 @@ def test_bids_example_command(tmp_path):
     assert (tmp_path / "ex/sub-01/ses-1/anat/sub-01_ses-1_echo-4_part-phase_MEGRE.nii.gz").is_file()
     rc, _, err = _main(["bids-example", tmp_path / "ex"])
     assert rc == 2 and "DIR" in err and "is not an empty folder" in err
+
+
+def test_a_worker_that_dies_fails_its_acquisition_only(tmp_path, monkeypatch):
+    """--n-jobs: a worker process killed (as by the kernel's out-of-memory killer) fails the
+    acquisition it ran; the others are done, in a new pool."""
+    import os
+
+    from metaqsm.bids import _run
+
+    root = tmp_path / "study"
+    simulate_dataset(root, subjects=2, sessions=2, rng=4, **SMALL)
+
+    def stand_in(acq, cfg):  # forked workers inherit the patched module
+        if acq.prefix.startswith("sub-01_ses-2"):
+            os._exit(9)
+        return {"subject": acq.subject, "session": acq.session, "prefix": acq.prefix,
+                "label": acq.label, "status": "ok", "row": None, "outputs": [], "seconds": 0.0}
+
+    monkeypatch.setattr(_run, "process_acquisition", stand_in)
+    records = run_participants(root, tmp_path / "out", n_jobs=2)
+    status = {r["prefix"].split("_MEGRE")[0][:12]: r["status"] for r in records}
+    assert status == {"sub-01_ses-1": "ok", "sub-01_ses-2": "failed", "sub-02_ses-1": "ok",
+                      "sub-02_ses-2": "ok"}
+    failed = next(r for r in records if r["status"] == "failed")
+    assert "worker process died" in failed["error"]

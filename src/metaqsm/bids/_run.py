@@ -1,6 +1,6 @@
 """The participant level: every acquisition of a BIDS dataset through the pipeline, one after the
-other, on a local Dask cluster (``n_jobs``) or on a running Dask scheduler (a cluster's, e.g.
-started by dask-jobqueue on SLURM or PBS).
+other, in a pool of local worker processes (``n_jobs``) or on a running Dask scheduler (a
+cluster's, e.g. started by dask-jobqueue on SLURM or PBS, or a local ``dask scheduler``).
 
 Everything that can be checked is checked before any work starts: the folders, the labels, the
 methods and their options, the existing outputs, the scheduler. Then each acquisition runs on
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..pipeline import DEFAULT_BGREMOVE, DEFAULT_FIT, DEFAULT_INVERSION, DEFAULT
 from ._find import check_bids_dir, find_acquisitions
 from ._names import BIDS_VERSION, error_path
 from ._participant import ParticipantConfig, acquisition_state, process_acquisition
-from ._threads import THREAD_ENV, available_cores
+from ._threads import available_cores
 
 __all__ = ["run_participants", "prepare_output_dir", "FIT_METHODS", "UNWRAP_METHODS",
            "BIDSIGNORE"]
@@ -194,30 +193,61 @@ def _task_on_cluster(acq, cfg):
     return process_acquisition(acq, cfg)
 
 
-def _local_cluster(n_workers, threads):
-    """A local Dask cluster of ``n_workers`` processes running one acquisition each, their
-    thread pools set to ``threads`` before they start.
+def _in_worker(acq, cfg):
+    """What a pool worker runs: ``process_acquisition`` looked up in the worker (pickled by name)."""
+    return process_acquisition(acq, cfg)
 
-    Dask sets ``MALLOC_TRIM_THRESHOLD_`` in its workers by default, which turns off glibc's
-    dynamic mmap threshold: every large temporary array is then mapped and unmapped again, and
-    the iterative inversions ran 2.7 x slower in a worker than in this process (iLSQR on
-    64 x 64 x 48: 1.4 s against 0.5 s). It is left unset here.
+
+def _run_local(todo, cfg, n_jobs, callback):
+    """``n_jobs`` worker processes on this machine (the standard library's process pool).
+
+    On Linux the workers are forked from this process, which has imported the pipeline, the maps
+    and the report already, so a worker starts in milliseconds with nothing to import; measured
+    against a local Dask cluster (whose workers start fresh interpreters and import numpy,
+    scipy, matplotlib and metaqsm, 6-7 CPU seconds for two) in docs/bids.md. A worker that dies
+    (killed for memory) breaks the pool: the acquisitions it left unfinished run again, each in a
+    worker of its own, so that only the one that kills its worker fails.
     """
-    import dask
-    from distributed import LocalCluster
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    environ = {"MALLOC_TRIM_THRESHOLD_": None, **{k: str(threads) for k in THREAD_ENV}}
-    saved = {k: os.environ.get(k) for k in environ}  # the Nanny sets them in this process too
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                dashboard_address=None, silence_logs=logging.ERROR)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    import metaqsm.maps  # noqa: F401 - imported once here, inherited by forked workers
+    import metaqsm.pipeline  # noqa: F401
+    import metaqsm.qc  # noqa: F401
+
+    context = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    records = []
+
+    def done(record):
+        records.append(record)
+        if callback:
+            callback(record)
+
+    retry = []
+    with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=context) as pool:
+        futures = {pool.submit(_in_worker, acq, cfg): acq for acq in todo}
+        for fut in as_completed(futures):
+            acq = futures[fut]
+            try:
+                done(fut.result())
+            except BrokenProcessPool:  # a worker died: every unfinished one goes again, alone
+                retry.append(acq)
+            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                done(_failed(acq, f"the worker failed: {type(exc).__name__}: {exc}",
+                             cfg.output_dir))
+    for acq in retry:  # one worker each: only the acquisition that kills its worker fails
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            try:
+                done(pool.submit(_in_worker, acq, cfg).result())
+            except BrokenProcessPool:
+                done(_failed(acq, "the worker process died (killed, e.g. out of memory)",
+                             cfg.output_dir))
+            except Exception as exc:  # noqa: BLE001
+                done(_failed(acq, f"the worker failed: {type(exc).__name__}: {exc}",
+                             cfg.output_dir))
+    return records
 
 
 def _run_dask(client, todo, cfg, remote, callback):
@@ -261,8 +291,8 @@ def run_participants(bids_dir, output_dir, *, participant_label=None, session_la
     participant_label, session_label : str or list of str, optional
         Subjects and sessions to process (default all).
     n_jobs : int
-        Acquisitions processed at once on this machine, each in its own process of a local
-        Dask cluster (1: one after the other in this process). Default 1.
+        Acquisitions processed at once on this machine, each in its own worker process (a
+        process pool, forked on Linux; 1: one after the other in this process). Default 1.
     dask_scheduler : str, optional
         Address (``tcp://host:port``) or scheduler file (``.json``) of a running Dask
         scheduler: the acquisitions are submitted to its workers instead (their paths must be
@@ -357,7 +387,7 @@ def run_participants(bids_dir, output_dir, *, participant_label=None, session_la
                             phase_units=phase_units, force=force, figure=figure, maps=maps,
                             report=report, reference_region=reference_region, threads=threads,
                             command_line=command_line)
-    client = cluster = None
+    client = None
     if todo and dask_scheduler is not None:
         client = _connect(dask_scheduler)
     try:
@@ -368,13 +398,10 @@ def run_participants(bids_dir, output_dir, *, participant_label=None, session_la
                 records.append(record)
                 if callback:
                     callback(record)
-        if todo and client is None and n_jobs > 1:
-            from distributed import Client
-
-            cluster = _local_cluster(min(n_jobs, len(todo)), threads)
-            client = Client(cluster)
         if client is not None:
             records += _run_dask(client, todo, cfg, dask_scheduler is not None, callback)
+        elif todo and n_jobs > 1:
+            records += _run_local(todo, cfg, n_jobs, callback)
         else:
             for acq in todo:
                 record = process_acquisition(acq, cfg)
@@ -384,7 +411,5 @@ def run_participants(bids_dir, output_dir, *, participant_label=None, session_la
     finally:
         if client is not None:
             client.close()
-        if cluster is not None:
-            cluster.close()
     order = {acq.prefix: i for i, acq in enumerate(acqs)}
     return sorted(records, key=lambda r: order.get(r["prefix"], 0))

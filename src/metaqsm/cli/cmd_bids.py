@@ -57,8 +57,8 @@ def register(subparsers):
                    help="sessions to process, with or without ses- (default: all)")
     g = p.add_argument_group("parallel")
     g.add_argument("--n-jobs", type=int, default=1, metavar="N",
-                   help="acquisitions at once on this machine, each in its own process of a "
-                        "local Dask cluster, with cores/N threads each")
+                   help="acquisitions at once on this machine, each in its own worker process, "
+                        "with cores/N threads each")
     g.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                    help="submit to a running Dask scheduler (tcp://host:port, or its scheduler "
                         "file .json), e.g. one started by dask-jobqueue on SLURM/PBS")
