@@ -1,6 +1,7 @@
 """The BIDS App: a simulated study (3 subjects x 2 sessions) found with pybids, processed in
-parallel (2 worker processes; a Dask cluster for --dask-scheduler), one subject broken on purpose; derivatives checked by name, by
-content and by the BIDS validator; reruns, the group table, errors before any work."""
+parallel (2 worker processes; a Dask cluster for --dask-scheduler), one subject broken on
+purpose; derivatives checked by name, by content and by the BIDS validator; reruns, the group
+table, errors before any work."""
 
 from __future__ import annotations
 
