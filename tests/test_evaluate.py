@@ -559,3 +559,19 @@ def test_classical_evaluation_never_imports_torch(tmp_path):
             "print(rc, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "0 False", out.stderr
+
+
+def test_weights_point_any_network_column_at_a_checkpoint(tmp_path):
+    """--weights NAME=PATH takes every network method of the table (meta-unrolled included) and
+    replaces only that method's weights."""
+    from metaqsm.evaluate.suites import apply_weights, build_suite, check_weights
+
+    ck = tmp_path / "ck.safetensors"
+    ck.write_bytes(b"x")
+    assert check_weights({"meta-unrolled": ck}) == {"meta-unrolled": str(ck)}
+    suite = apply_weights(build_suite("quick", methods=["tkd", "meta", "meta-unrolled"]),
+                          {"meta-unrolled": ck})
+    params = {s.method: s.params.get("weights") for g in suite.groups for s in g.specs}
+    assert params["meta-unrolled"] == str(ck) and params["meta"] is None
+    with pytest.raises(ValueError, match="meta-unrolled"):
+        check_weights({"unrolled": ck})

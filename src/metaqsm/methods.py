@@ -251,6 +251,8 @@ def _pad(where="the FFT grid"):
                   "voxels per axis")
 
 
+_CROP = Option("crop", "bool", "work on the mask's bounding box grown by 8 voxels (a smaller FFT "
+               "grid) instead of the whole grid")
 _THRESHOLD = Option("threshold", "float", "truncation threshold of |D| (unitless)")
 _MAX_ITER = Option("max_iter", "int", "maximum number of iterations")
 _TOL = Option("tol", "float", "stopping tolerance (relative)")
@@ -316,7 +318,7 @@ INVERSIONS = {m.name: m for m in (
                     Option("rho", "float", "ADMM penalty (default 100 lam)"),
                     Option("tol", "float", "ADMM stopping tolerance"),
                     Option("max_iter", "int", "ADMM iterations"),
-                    _pad())),
+                    _pad(), _CROP)),
     Method("rts", "inversion.rts:rts", "classical", "RTS",
            "rapid two-step inversion: LSMR on the well-conditioned k-space, TV fills the cone "
            "(Kames et al. 2018)",
@@ -328,7 +330,7 @@ INVERSIONS = {m.name: m for m in (
                     Option("max_iter", "int", "ADMM iterations"),
                     Option("lsmr_iter", "int", "LSMR iterations of the well-conditioned step"),
                     _REG_RULE,
-                    _pad())),
+                    _pad(), _CROP)),
     Method("ndi", "inversion.ndi:ndi", "classical", "NDI",
            "nonlinear dipole inversion, gradient descent on ||W (exp(i D chi) - exp(i phi))||^2 "
            "(Polak et al. 2020)",
@@ -340,7 +342,7 @@ INVERSIONS = {m.name: m for m in (
                     Option("tol", "float", "relative step at which to stop"),
                     Option("field_strength", "float", "main field in tesla (ppm <-> rad scale)"),
                     Option("delta_te", "float", "echo spacing in seconds (ppm <-> rad scale)"),
-                    _pad())),
+                    _pad(), _CROP)),
     Method("nltv", "inversion.nltv:nltv", "classical", "nlTV",
            "nonlinear total variation by ADMM, FANSI's nlTV (Milovic et al. 2018)",
            inputs=("magnitude", "noise_std"),
@@ -352,7 +354,7 @@ INVERSIONS = {m.name: m for m in (
                     Option("field_strength", "float", "main field in tesla (ppm <-> rad scale)"),
                     Option("delta_te", "float", "echo spacing in seconds (ppm <-> rad scale)"),
                     _REG_RULE,
-                    _pad())),
+                    _pad(), _CROP)),
     Method("meta", "dl.infer:invert_meta", "network", "Meta-QSM",
            "3D U-Net with weights predicted from the voxel size and B0 direction (Meta-QSM)",
            inputs=("weights",), options=_NETWORK_OPTIONS, shipped=("meta",),

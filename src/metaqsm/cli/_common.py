@@ -70,8 +70,8 @@ def add_method_option_flags(group, methods):
     """One flag per option of the registered ``methods`` (the help names who takes it)."""
     for opt, names in _union_options(methods).values():
         kwargs = {"dest": opt.name, "default": None, "help": f"{opt.help} ({', '.join(names)})"}
-        if opt.type == "bool":
-            kwargs.update(action="store_const", const=True)
+        if opt.type == "bool":  # --crop / --no-crop: either way, whatever the default
+            kwargs.update(action=argparse.BooleanOptionalAction)
         else:
             kwargs["metavar"] = {"pad": "auto|N", "device": "cpu|cuda", "path": "FILE",
                                  "floats": "R1,R2,..."}.get(opt.type, opt.type.upper())

@@ -53,8 +53,9 @@ def register(subparsers):
     p.add_argument("--save-volumes", action="store_true", default=None,
                    help="write every reconstruction as NIfTI (default: on for quick and user cases)")
     p.add_argument("--weights", nargs="+", metavar="NAME=PATH", default=None,
-                   help="checkpoints to evaluate instead of the shipped models; NAME is meta, "
-                        "mesa-0.5x0.5x2, mesa-0.7639x0.7639x3 (Tables 2-3) or mesa")
+                   help="checkpoints to evaluate instead of the shipped models; NAME is a network "
+                        "method (meta, meta-unrolled), mesa-0.5x0.5x2, mesa-0.7639x0.7639x3 "
+                        "(Tables 2-3) or mesa")
     p.add_argument("--device", default="cpu", help="torch device of the network methods")
     p.add_argument("--fansi-dir", default=None, help="folder of the FANSI phantom "
                    "(default ../shared/data/fansi-phantom)")

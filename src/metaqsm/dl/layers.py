@@ -15,6 +15,7 @@ Meta-QSM: an image-resolution-arbitrary network for QSM reconstruction (Koch KM 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ConfigMixin",
     "FEATURE_NAMES",
     "N_GEOMETRY_FEATURES",
     "Geometry",
@@ -30,6 +32,17 @@ __all__ = [
     "Conv3d",
     "DoubleConv",
 ]
+
+
+class ConfigMixin:
+    """Gives a network its ``config``: the constructor arguments, read back from the attributes
+    of the same names, so ``type(model)(**model.config)`` rebuilds the architecture."""
+
+    @property
+    def config(self):
+        """Constructor arguments: ``type(model)(**model.config)`` rebuilds the architecture."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in params if name != "self"}
 
 FEATURE_NAMES = (
     # voxel size in mm

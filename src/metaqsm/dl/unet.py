@@ -31,7 +31,6 @@ inversion for quantitative susceptibility mapping. NeuroImage 2019;195:373-383.
 
 from __future__ import annotations
 
-import inspect
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +38,7 @@ from torch import nn
 
 from ..inversion.direct import tkd_inverse_kernel
 from ..kernels import dipole_kernel
-from .layers import Conv3d, DoubleConv, Geometry, WPConv3d
+from .layers import ConfigMixin, Conv3d, DoubleConv, Geometry, WPConv3d
 from .registry import register_model
 
 __all__ = ["MetaQSM", "MesaQSM", "count_parameters", "tkd_prior", "PRIORS", "CORRECTION_MEANS",
@@ -110,7 +109,7 @@ def unet_pass(h, down, up_conv, up_block, geom):
         h = block(torch.cat([skips.pop(), h], dim=1), geom)
     return h
 
-class _QSMUNet(nn.Module):
+class _QSMUNet(ConfigMixin, nn.Module):
     """The U-Net shared by both networks; subclasses choose the convolution.
 
     Per level: two (3x3x3 convolution, BatchNorm, ReLU) units; 2x2x2 max-pooling down;
@@ -172,12 +171,6 @@ class _QSMUNet(nn.Module):
 
     def _conv(self, cin, cout, k, bias=True):  # pragma: no cover - abstract
         raise NotImplementedError
-
-    @property
-    def config(self):
-        """Constructor arguments: ``type(model)(**model.config)`` rebuilds the architecture."""
-        params = inspect.signature(type(self).__init__).parameters
-        return {name: getattr(self, name) for name in params if name != "self"}
 
     @property
     def divisor(self):

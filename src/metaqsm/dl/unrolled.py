@@ -39,7 +39,6 @@ section 2.2 (WP-Conv).
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -50,7 +49,7 @@ from torch.utils.checkpoint import checkpoint
 from .._fft import padded_shape
 from ..inversion.direct import tkd_inverse_kernel
 from ..kernels import dipole_kernel
-from .layers import DoubleConv, Geometry, WPConv3d
+from .layers import ConfigMixin, DoubleConv, Geometry, WPConv3d
 from .registry import register_model
 from .unet import unet_pass
 
@@ -131,7 +130,7 @@ def multiply_adds_per_voxel(model):
 
 
 @register_model("meta-unrolled")
-class MetaUnrolled(nn.Module):
+class MetaUnrolled(ConfigMixin, nn.Module):
     """Meta-QSM 2: TKD, then K (data gradient step, WP-Conv U-Net update) iterations.
 
     Parameters
@@ -206,12 +205,6 @@ class MetaUnrolled(nn.Module):
                                            hidden=self.hidden, basis_gain=self.basis_gain)
         self.to(memory_format=torch.channels_last_3d)
         self._kernel_cache = {}
-
-    @property
-    def config(self):
-        """Constructor arguments: ``type(model)(**model.config)`` rebuilds the architecture."""
-        params = inspect.signature(type(self).__init__).parameters
-        return {name: getattr(self, name) for name in params if name != "self"}
 
     @property
     def divisor(self):

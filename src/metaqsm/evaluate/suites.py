@@ -585,23 +585,27 @@ def _quick_suite(methods, n):
                  description="A smoke test of the evaluation: three small phantoms.")
 
 
-WEIGHT_NAMES = ("meta", "mesa", *(f"mesa-{k}" for k in MESA_RESOLUTIONS))
+def _weight_names():
+    """Names ``--weights`` takes: every network method of the table, and each Mesa resolution."""
+    from ..methods import inversion_names
+
+    return (*inversion_names("network"), *(f"mesa-{k}" for k in MESA_RESOLUTIONS))
 
 
 def check_weights(weights):
     """Validate a ``{name: checkpoint path}`` map of network weights to evaluate.
 
-    Names: "meta" (Meta-QSM everywhere), "mesa-0.5x0.5x2" and "mesa-0.7639x0.7639x3" (the two Mesa
-    models of Tables 2-3, in place of the shipped ones), "mesa" (Mesa-QSM where a table asks for
-    the plain method). Raises ``ValueError`` for an unknown name and ``FileNotFoundError`` for a
+    Names: a network method ("meta" for Meta-QSM everywhere, "meta-unrolled", ...),
+    "mesa-0.5x0.5x2" and "mesa-0.7639x0.7639x3" (the two Mesa models of Tables 2-3, in place of
+    the shipped ones), "mesa" (Mesa-QSM where a table asks for the plain method). Raises ``ValueError`` for an unknown name and ``FileNotFoundError`` for a
     missing file.
     """
     if not weights:
         return {}
-    out = {}
+    out, names = {}, _weight_names()
     for key, path in dict(weights).items():
-        if key not in WEIGHT_NAMES:
-            raise ValueError(f"weights names must be among {', '.join(WEIGHT_NAMES)}, got {key!r}")
+        if key not in names:
+            raise ValueError(f"weights names must be among {', '.join(names)}, got {key!r}")
         if not Path(path).is_file():
             raise FileNotFoundError(f"weights {key}: no such file: {path}")
         out[key] = str(path)
@@ -620,8 +624,8 @@ def apply_weights(suite, weights):
         for spec in g.specs:
             w = spec.params.get("weights")
             new = None
-            if spec.method == "meta" and "meta" in weights:
-                new = weights["meta"]
+            if spec.method != "mesa" and spec.method in weights:
+                new = weights[spec.method]
             elif spec.method == "mesa" and w in weights:
                 new = weights[w]
             elif spec.method == "mesa" and w is None and "mesa" in weights:
