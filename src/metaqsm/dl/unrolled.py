@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._fft import padded_shape
+from .._fft import mask_box, padded_shape
+from .._validate import as_mask, as_volume
 from ..inversion.direct import tkd_inverse_kernel
 from ..kernels import dipole_kernel
 from .layers import ConfigMixin, DoubleConv, Geometry, WPConv3d
@@ -308,7 +310,9 @@ def invert_meta_unrolled(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), wei
 
     Returns
     -------
-    chi : (X, Y, Z) float32 array, ppm, zero outside the mask.
+    chi : (X, Y, Z) float32 array, ppm, zero outside the mask. The network runs on the mask's
+    bounding box grown by 8 voxels (:func:`metaqsm._fft.mask_box`): every iterate is masked, so
+    only the empty space around the brain is left out.
 
     Raises
     ------
@@ -323,6 +327,11 @@ def invert_meta_unrolled(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), wei
     name = weights if weights is not None else "meta-unrolled"
     net = load_model(name, device=device or "cpu")
     _check_model_kind(net, "meta-unrolled", name)
-    return reconstruct(net, field, mask, voxel_size=voxel_size, b0_dir=b0_dir, tile=tile,
-                       overlap=48, device=device or "cpu")
+    field = as_volume(field, "field")
+    m = as_mask(mask, field.shape)
+    box = mask_box(m)  # the mask's box + 8 voxels: outside it every step is 0 anyway
+    chi = np.zeros(field.shape, np.float32)
+    chi[box] = reconstruct(net, field[box], m[box], voxel_size=voxel_size, b0_dir=b0_dir,
+                           tile=tile, overlap=48, device=device or "cpu")
+    return chi
 

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from .._fd import divergence
-from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
+from .._fft import crop_volume, irfft, mask_box, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
 from . import _common
@@ -140,7 +140,7 @@ def nltv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     """
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
     shape0 = f.shape
-    box = _common.mask_box(m, crop)
+    box = mask_box(m, crop)
     f, m = f[box], m[box]
     magnitude = _common.crop_input(magnitude, box, shape0, "magnitude")
     noise_std = _common.crop_input(noise_std, box, shape0, "noise_std")

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, lsmr
 
 from .._fd import gradient
-from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
+from .._fft import crop_volume, irfft, mask_box, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
 from . import _common
@@ -123,7 +123,7 @@ def rts(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), noise_std=None, delt
     """
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
     shape0 = f.shape
-    box = _common.mask_box(m, crop)
+    box = mask_box(m, crop)
     f, m = f[box], m[box]
     noise_std = _common.crop_input(noise_std, box, shape0, "noise_std")
     delta = as_positive(delta, "delta")
