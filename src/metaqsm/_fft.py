@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-__all__ = ["WORKERS", "CROP_MARGIN", "shape3", "mask_box", "padded_shape", "pad_volume", "crop_volume", "rfft", "irfft",
-           "fft_convolve"]
+__all__ = ["WORKERS", "CROP_MARGIN", "shape3", "mask_box", "padded_shape", "pad_volume",
+           "crop_volume", "rfft", "irfft", "fft_convolve"]
 
 WORKERS = -1
 """Threads of every FFT (``scipy.fft``'s ``workers``): -1 uses all cores."""
@@ -31,21 +31,17 @@ def shape3(shape, name="shape"):
 
 
 CROP_MARGIN = 8
-"""Voxels kept around the mask's bounding box when an iterative method crops (``crop=True``)."""
+"""Voxels kept around the mask's bounding box by :func:`mask_box`."""
 
 
 def mask_box(mask, crop=True, margin=CROP_MARGIN):
     """The part of the grid an iterative inversion or a network works on: 3 slices.
 
-    With ``crop`` (the default of tv, rts, ndi and nltv) the mask's bounding box grown by
-    ``margin`` voxels on each side, each length rounded up to a fast FFT length and the box kept
-    inside the volume; without it (or for an empty mask) the whole grid. Outside the mask the
-    field is 0 and the map is set to 0, so cropping only removes empty space that every FFT
-    would otherwise transform: on a 256 x 256 x 64 brain the grid shrinks by about a third
-    (docs/inversion.md gives the times and the change of the maps, 2-6 %). MEDI does not crop:
-    its susceptibility outside the mask is free, and the empty space around the brain changes
-    its map (on a small phantom with 24 empty voxels per side RMSE 41.6 % on the whole grid,
-    47.4 % on the box).
+    With ``crop`` the mask's bounding box grown by ``margin`` voxels on each side, each length
+    rounded up to a fast FFT length and the box kept inside the volume; without it (or for an
+    empty mask) the whole grid. Used where the field is 0 and the map is set to 0 outside the
+    mask (tv, rts, ndi, nltv, meta-unrolled), so that only empty space is left out; not by MEDI,
+    whose susceptibility outside the mask is free (docs/inversion.md, "Cropping to the mask").
     """
     whole = tuple(slice(0, n) for n in mask.shape)
     if not crop or not mask.any():

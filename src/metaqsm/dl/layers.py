@@ -44,6 +44,7 @@ class ConfigMixin:
         params = inspect.signature(type(self).__init__).parameters
         return {name: getattr(self, name) for name in params if name != "self"}
 
+
 FEATURE_NAMES = (
     # voxel size in mm
     "vx", "vy", "vz",

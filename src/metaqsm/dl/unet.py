@@ -31,7 +31,6 @@ inversion for quantitative susceptibility mapping. NeuroImage 2019;195:373-383.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

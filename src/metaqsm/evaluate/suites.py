@@ -597,8 +597,8 @@ def check_weights(weights):
 
     Names: a network method ("meta" for Meta-QSM everywhere, "meta-unrolled", ...),
     "mesa-0.5x0.5x2" and "mesa-0.7639x0.7639x3" (the two Mesa models of Tables 2-3, in place of
-    the shipped ones), "mesa" (Mesa-QSM where a table asks for the plain method). Raises ``ValueError`` for an unknown name and ``FileNotFoundError`` for a
-    missing file.
+    the shipped ones), "mesa" (Mesa-QSM where a table asks for the plain method). Raises
+    ``ValueError`` for an unknown name and ``FileNotFoundError`` for a missing file.
     """
     if not weights:
         return {}

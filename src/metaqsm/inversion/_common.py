@@ -1,7 +1,7 @@
 """Private helpers shared by the classical dipole inversions.
 
-Input checks, the grid the iterative methods work on (the mask's box), percentile weights, the optional progress bar and the steps the TV-type ADMMs
-(tv, rts, nltv) share. The numerical primitives
+Input checks, the grid the iterative methods work on (the mask's box), percentile weights, the
+optional progress bar and the steps the TV-type ADMMs (tv, rts, nltv) share. The numerical primitives
 (padding and FFT convolution, finite differences, conjugate gradients) are the core's:
 :mod:`metaqsm._fft`, :mod:`metaqsm._fd`, :mod:`metaqsm._linalg`.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._fd import divergence, gradient
-from .._fft import irfft, rfft
+from .._fft import irfft, mask_box, rfft
 from .._validate import as_field_inputs, as_int, as_positive, as_volume
 
 __all__ = []  # private module
@@ -29,15 +29,27 @@ def check_inputs(field, mask, voxel_size, b0_dir):
     return f, m, vsz, b
 
 
-def crop_input(value, box, shape, name):
-    """``value`` (None, a number, or an array whose first three axes are the field's ``shape``)
-    cut to ``box``; ``ValueError`` naming ``name`` for an array of another shape."""
-    if value is None or np.ndim(value) == 0:
-        return value
-    a = np.asarray(value)
-    if a.ndim < 3 or a.shape[:3] != tuple(shape):
-        raise ValueError(f"{name} must have the shape of the field {tuple(shape)}, got {a.shape}")
-    return a[box]
+def crop_to_mask(f, m, crop, **inputs):
+    """Cut the checked field ``f``, mask ``m`` and the named ``inputs`` to the mask's box.
+
+    ``crop`` as :func:`metaqsm._fft.mask_box` (False: the whole grid). Each input is None, a
+    number (kept as it is) or an array whose first three axes are the field's shape (cut);
+    ``ValueError`` naming the input for an array of another shape. Returns ``(box, shape, f, m,
+    values)``: the box, the field's full shape (for :func:`uncrop`), the cut field and mask and
+    the cut inputs in the order given.
+    """
+    shape = f.shape
+    box = mask_box(m, crop)
+    values = []
+    for name, value in inputs.items():
+        if value is not None and np.ndim(value) > 0:
+            value = np.asarray(value)
+            if value.ndim < 3 or value.shape[:3] != shape:
+                raise ValueError(f"{name} must have the shape of the field {shape}, "
+                                 f"got {value.shape}")
+            value = value[box]
+        values.append(value)
+    return box, shape, f[box], m[box], tuple(values)
 
 
 def uncrop(x, box, shape):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._fft import crop_volume, irfft, mask_box, pad_volume, padded_shape, rfft
+from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel
 from ..units import ppm_to_rad
@@ -118,11 +118,8 @@ def ndi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, nois
     inversion with variational regularization. Magn Reson Med 2018;80:814-821 (FANSI).
     """
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
-    shape0 = f.shape
-    box = mask_box(m, crop)
-    f, m = f[box], m[box]
-    magnitude = _common.crop_input(magnitude, box, shape0, "magnitude")
-    noise_std = _common.crop_input(noise_std, box, shape0, "noise_std")
+    box, shape0, f, m, (magnitude, noise_std) = _common.crop_to_mask(
+        f, m, crop, magnitude=magnitude, noise_std=noise_std)
     lam = as_positive(lam, "lam")
     tau = as_positive(tau, "tau")
     max_iter = _common.check_max_iter(max_iter)

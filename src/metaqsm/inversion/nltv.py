@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from .._fd import divergence
-from .._fft import crop_volume, irfft, mask_box, pad_volume, padded_shape, rfft
+from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
 from . import _common
@@ -24,8 +24,7 @@ _NEWTON_TOL = 1e-6   # and its tolerance on ||update|| / ||z||
 
 def nltv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noise_std=None,
          lam=1e-3, rho=None, mu=1.0, tol=1e-2, max_iter=50, field_strength=3.0,
-         delta_te=5e-3, reg_rule="fixed", pad=0, crop=True,
-         progress=False):
+         delta_te=5e-3, reg_rule="fixed", pad=0, crop=True, progress=False):
     """Nonlinear total-variation dipole inversion solved with ADMM (FANSI's nlTV).
 
     Minimises, over ``x`` (radians accrued over ``delta_te``, see :func:`metaqsm.inversion.ndi`),
@@ -139,11 +138,8 @@ def nltv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     Soviet Math Dokl 1966;7:414-417.
     """
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
-    shape0 = f.shape
-    box = mask_box(m, crop)
-    f, m = f[box], m[box]
-    magnitude = _common.crop_input(magnitude, box, shape0, "magnitude")
-    noise_std = _common.crop_input(noise_std, box, shape0, "noise_std")
+    box, shape0, f, m, (magnitude, noise_std) = _common.crop_to_mask(
+        f, m, crop, magnitude=magnitude, noise_std=noise_std)
     lam = as_positive(lam, "lam")
     rho_given = None if rho is None else as_positive(rho, "rho")
     mu = as_positive(mu, "mu")

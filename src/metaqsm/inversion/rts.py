@@ -14,7 +14,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, lsmr
 
 from .._fd import gradient
-from .._fft import crop_volume, irfft, mask_box, pad_volume, padded_shape, rfft
+from .._fft import crop_volume, irfft, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
 from . import _common
@@ -122,10 +122,7 @@ def rts(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), noise_std=None, delt
     Soviet Math Dokl 1966;7:414-417.
     """
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
-    shape0 = f.shape
-    box = mask_box(m, crop)
-    f, m = f[box], m[box]
-    noise_std = _common.crop_input(noise_std, box, shape0, "noise_std")
+    box, shape0, f, m, (noise_std,) = _common.crop_to_mask(f, m, crop, noise_std=noise_std)
     delta = as_positive(delta, "delta")
     mu = as_positive(mu, "mu")
     rho = as_positive(rho, "rho")

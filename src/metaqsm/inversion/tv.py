@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._fd import gradient
-from .._fft import crop_volume, mask_box, pad_volume, padded_shape, rfft
+from .._fft import crop_volume, pad_volume, padded_shape, rfft
 from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
 from . import _common
@@ -77,9 +77,7 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     inversion with variational regularization. Magn Reson Med 2018;80:814-821 (FANSI).
     """
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
-    shape0 = f.shape
-    box = mask_box(m, crop)
-    f, m = f[box], m[box]
+    box, shape0, f, m, _ = _common.crop_to_mask(f, m, crop)
     lam = as_positive(lam, "lam")
     rho = 100.0 * lam if rho is None else as_positive(rho, "rho")
     tol = _common.check_tol(tol)
