@@ -18,7 +18,8 @@ torch = pytest.importorskip("torch")
 from metaqsm.cli import main  # noqa: E402
 from metaqsm.dl import MesaQSM, MetaQSM, load_model  # noqa: E402
 from metaqsm.dl.train import (DEFAULT_CONFIG, apply_overrides, load_config,  # noqa: E402
-                              masked_l1, regularization, train, validate_config)
+                              masked_l1, masked_ssim, regularization, train,
+                              validate_config)
 from metaqsm.kernels import forward_field  # noqa: E402
 
 
@@ -117,6 +118,56 @@ def test_masked_l1_and_regularization_known_values():
     mesa = MesaQSM(depth=1, base=2).requires_grad_(False)
     expected = sum(float(c.weight.pow(2).sum()) for c in mesa.modules() if isinstance(c, torch.nn.Conv3d))
     assert float(regularization(mesa)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_masked_ssim_is_the_metric_on_the_truths_scale():
+    """Known answer: the challenges' SSIM moments (metrics._moments) with the truth's own range
+    (shift = its minimum, scale = 1 / its span, L = 1); identical maps give 1, an empty mask 1,
+    and a gradient step on 1 - SSIM moves a map with half the contrast towards the truth."""
+    from scipy import ndimage
+
+    from metaqsm import metrics
+
+    rng = np.random.default_rng(0)
+    y = ndimage.gaussian_filter(rng.standard_normal((20, 22, 18)), 2.0)
+    x = 0.5 * y + 0.02 * rng.standard_normal(y.shape)
+    m = np.zeros(y.shape, bool)
+    m[3:17, 4:19, 2:15] = True
+    lo, hi = (y * m).min(), (y * m).max()
+    expected = metrics._ssim_from_moments(metrics._moments(x * m, y * m, m), k1=0.01, k2=0.03,
+                                          data_range=1.0, shift=lo, scale=1.0 / (hi - lo))
+
+    def t(a):
+        return torch.tensor(np.asarray(a, np.float64)[None, None])
+
+    assert float(masked_ssim(t(x), t(y), t(m))[0]) == pytest.approx(expected, abs=1e-9)
+    assert float(masked_ssim(t(y), t(y), t(m))[0]) == pytest.approx(1.0, abs=1e-12)
+    assert float(masked_ssim(t(x), t(y), t(np.zeros_like(m)))[0]) == 1.0
+    both = masked_ssim(torch.cat([t(x), t(y)]), torch.cat([t(y), t(y)]), torch.cat([t(m), t(m)]))
+    assert both.shape == (2,) and float(both[0]) == pytest.approx(expected, abs=1e-9)
+    pred = t(x).requires_grad_(True)
+    (1.0 - masked_ssim(pred, t(y), t(m))).sum().backward()
+    stepped = (pred - 0.1 * y.std() * pred.grad / pred.grad.abs().max()).detach()
+    assert float(masked_ssim(stepped, t(y), t(m))[0]) > expected + 0.01
+
+
+def test_ssim_weight_trains_and_vol_score_selects(data, tmp_path):
+    """optim.ssim_weight adds the SSIM term (finite losses, a run as any other) and
+    run.select_by = "vol_score" keeps the checkpoint with the lowest mean of RMSE / 100,
+    HFEN / 100 and 1 - SSIM over the whole validation volumes."""
+    from metaqsm.dl.registry import read_checkpoint_info
+
+    ds, val = data
+    cfg = tiny_config(val_volumes=1, val_volume_shape=[32, 32, 16], select_by="vol_score")
+    cfg["optim"]["ssim_weight"] = 0.5
+    res = train(validate_config(cfg), out=tmp_path / "s", train_data=ds, val_data=val)
+    rows = [r for r in read_log(tmp_path / "s" / "log.csv") if r["vol_rmse"]]
+    assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    scores = [(float(r["vol_rmse"]) / 100 + float(r["vol_hfen"]) / 100
+               + 1 - float(r["vol_ssim"])) / 3 for r in rows]
+    assert res["best_score"] == pytest.approx(min(scores), rel=1e-6)
+    info = read_checkpoint_info(tmp_path / "s" / "best.safetensors")
+    assert info["extra"]["vol_score"] == pytest.approx(min(scores), rel=1e-6)
 
 
 def test_train_writes_run_and_resume_reproduces_the_losses(data, tmp_path):
@@ -282,6 +333,8 @@ def test_config_errors(tmp_path):
             (['model.name="mesa"', "model.basis=2"], "model.basis is not an argument of model 'mesa'"),
             (['run.select_by="ssim"'], "run.select_by must be one of"),
             (['run.select_by="vol_rmse"'], "needs run.val_volumes >= 1"),
+            (['run.select_by="vol_score"'], "needs run.val_volumes >= 1"),
+            (["optim.ssim_weight=-1"], "optim.ssim_weight must be a non-negative number"),
             (["run.val_volume_shape=[64, 64]"], "run.val_volume_shape must be 3 integers"),
             (["run.val_volumes=-1"], "run.val_volumes must be an integer"),
             (['run.amp="fp8"'], "run.amp must be one of")):
@@ -293,6 +346,24 @@ def test_config_errors(tmp_path):
     bad.write_text("[optim]\nlr = = 1\n")
     with pytest.raises(ValueError, match="is not valid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["meta-unrolled.toml", "meta-unrolled-ssim.toml"])
+def test_meta_unrolled_configs_load(name):
+    """The Meta-QSM 2 training and its contrast fine-tune (from the shipped weights, which
+    exist and fit the configured network) are valid configurations."""
+    from pathlib import Path
+
+    from metaqsm.dl.registry import build_model, load_model
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg["model"]["name"] == "meta-unrolled" and cfg["run"]["select_by"].startswith("vol_")
+    if cfg["run"]["init_weights"]:
+        assert cfg["optim"]["ssim_weight"] > 0
+        shipped = load_model(cfg["run"]["init_weights"], cache=False)
+        model = build_model("meta-unrolled", **{k: v for k, v in cfg["model"].items()
+                                                if k != "name"})
+        assert shipped.state_dict().keys() == model.state_dict().keys()
 
 
 @pytest.mark.parametrize("name", ["paper.toml", "cpu.toml", "cpu-mesa-0.5x0.5x2.toml",

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Start, or resume after any stop, the background CPU training of Meta-QSM 2 (meta-unrolled):
 # low priority (nice 10), one thread, log in runs/meta-unrolled/train.out; config and log copies
-# in training/meta-unrolled/ (copied at every start; run it again to refresh them).
-#   training/train-meta-unrolled.sh          start or resume
-#   kill $(cat runs/meta-unrolled/pid)       stop (SIGTERM: it checkpoints and exits)
+# in training/NAME/ (copied at every start; run it again to refresh them). NAME is the config
+# configs/NAME.toml: meta-unrolled (default, the training from scratch) or meta-unrolled-ssim
+# (the contrast fine-tune of the shipped network).
+#   training/train-meta-unrolled.sh [NAME]   start or resume runs/NAME
+#   kill $(cat runs/NAME/pid)                stop (SIGTERM: it checkpoints and exits)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=runs/meta-unrolled
-COPY=training/meta-unrolled
+NAME=${1:-meta-unrolled}
+CONFIG=configs/$NAME.toml
+[ -f "$CONFIG" ] || { echo "no configuration $CONFIG" >&2; exit 2; }
+RUN=runs/$NAME
+COPY=training/$NAME
 mkdir -p "$RUN" "$COPY"
-cp configs/meta-unrolled.toml "$COPY/config.toml"
+cp "$CONFIG" "$COPY/config.toml"
 [ -f "$RUN/log.csv" ] && cp "$RUN/log.csv" "$COPY/log.csv"
 if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
     echo "already running (pid $(cat "$RUN/pid"))"; exit 0
@@ -17,7 +22,7 @@ fi
 RESUME=""
 [ -f "$RUN/last.pt" ] && RESUME="--resume"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-nohup nice -n 10 python3 -m metaqsm.cli train --config configs/meta-unrolled.toml --out "$RUN" \
+nohup nice -n 10 python3 -m metaqsm.cli train --config "$CONFIG" --out "$RUN" \
     $RESUME >>"$RUN/train.out" 2>&1 &
 echo $! >"$RUN/pid"
 echo "training ${RESUME:-started} in $RUN (pid $!, log $RUN/train.out, $RUN/log.csv)"

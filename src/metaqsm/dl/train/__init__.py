@@ -49,7 +49,7 @@ section 2.3.
 from .config import DEFAULT_CONFIG, SELECT_BY, apply_overrides, load_config, validate_config
 from .log import LOG_FIELDS, plot_log
 from .loop import train
-from .loss import masked_l1, regularization
+from .loss import masked_l1, masked_ssim, regularization
 
 __all__ = ["DEFAULT_CONFIG", "load_config", "apply_overrides", "validate_config", "train",
-           "plot_log", "regularization", "masked_l1", "LOG_FIELDS", "SELECT_BY"]
+           "plot_log", "regularization", "masked_l1", "masked_ssim", "LOG_FIELDS", "SELECT_BY"]

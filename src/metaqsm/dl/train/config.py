@@ -49,6 +49,9 @@ DEFAULT_CONFIG = {
         "batch_size": 4,  # per step (summed over ranks with DDP: each rank takes batch/world)
         "loss_in_mask": False,  # L1 over the brain mask only (False: the whole patch, as the paper)
         "grad_clip": 0.0,  # clip the gradient norm to this (0: off, as the paper)
+        # weight of (1 - SSIM) added to the L1 loss (not in the paper; dl.train.loss.masked_ssim,
+        # over the brain mask on the truth's scale): counters the contrast an L1 fit gives up
+        "ssim_weight": 0.0,
     },
     "run": {
         "steps": 100000,  # total optimiser steps
@@ -70,7 +73,9 @@ DEFAULT_CONFIG = {
         # "synthetic": val_volumes of the generator above; "realistic": val_volumes quick (2 mm)
         # cases of simulate.realistic.realistic_case through the whole pipeline
         "val_volume_kind": "synthetic",
-        "select_by": "val_loss",  # best.safetensors: lowest "val_loss" (patches) or "vol_rmse"
+        # best.safetensors: lowest "val_loss" (patches), "vol_rmse" or "vol_score" (whole volumes;
+        # the mean of RMSE / 100, HFEN / 100 and 1 - SSIM)
+        "select_by": "val_loss",
         # exponential moving average of the weights (not in the paper): validated and kept in
         # best.safetensors instead of the raw weights; 0: off, 0.99: a window of ~100 steps
         "ema_decay": 0.0,
@@ -83,7 +88,7 @@ DEFAULT_CONFIG = {
 #: Kinds of whole validation volumes (run.val_volume_kind).
 VOLUME_KINDS = ("synthetic", "realistic")
 #: Validation scores that may select the best checkpoint (run.select_by); lower is better.
-SELECT_BY = ("val_loss", "vol_rmse")
+SELECT_BY = ("val_loss", "vol_rmse", "vol_score")
 
 
 def _merge(base, new, where=""):
@@ -157,7 +162,7 @@ def validate_config(config):
         v = cfg[sec][key]
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"{sec}.{key} must be an integer >= {minimum}, got {v!r}")
-    for key in ("weight_reg", "grad_clip"):
+    for key in ("weight_reg", "grad_clip", "ssim_weight"):
         if not isinstance(o[key], (int, float)) or o[key] < 0:
             raise ValueError(f"optim.{key} must be a non-negative number, got {o[key]!r}")
     if (isinstance(r["ema_decay"], bool) or not isinstance(r["ema_decay"], (int, float))
@@ -168,8 +173,8 @@ def validate_config(config):
                          f"{r['init_weights']!r}")
     if r["select_by"] not in SELECT_BY:
         raise ValueError(f"run.select_by must be one of {', '.join(SELECT_BY)}, got {r['select_by']!r}")
-    if r["select_by"] == "vol_rmse" and r["val_volumes"] < 1:
-        raise ValueError("run.select_by = 'vol_rmse' needs run.val_volumes >= 1")
+    if r["select_by"].startswith("vol_") and r["val_volumes"] < 1:
+        raise ValueError(f"run.select_by = {r['select_by']!r} needs run.val_volumes >= 1")
     vs = r["val_volume_shape"]
     if (not isinstance(vs, (list, tuple)) or len(vs) != 3
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 16 for n in vs)):

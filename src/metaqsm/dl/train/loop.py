@@ -21,7 +21,7 @@ from . import distributed
 from .batches import Batches, data_seed, fixed_voxel_size
 from .config import load_config, validate_config
 from .log import append_log, plot_log, truncate_log
-from .loss import masked_l1, regularization
+from .loss import masked_l1, masked_ssim, regularization
 from .state import init_from, load_state, rng_state, save_state, set_rng_state
 from .validation import validate, validate_volumes, validation_set, volume_set
 
@@ -239,6 +239,8 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
                 pred = ddp(x, b["voxel_size"].to(device), b["b0_dir"].to(device))
             data_loss = masked_l1(pred.float() * scale, y * scale, m if o["loss_in_mask"] else None)
             loss = data_loss
+            if o["ssim_weight"] > 0:
+                loss = loss + o["ssim_weight"] * (1.0 - masked_ssim(pred.float(), y, m).mean())
             if o["weight_reg"] > 0:
                 loss = loss + o["weight_reg"] * regularization(model).to(device)
             optimizer.zero_grad(set_to_none=True)

@@ -108,7 +108,11 @@ def validate_volumes(model, volumes, device):
                 scores[k].append(float(res[k]))
     finally:
         net.train(was_training)
-    return {f"vol_{k}": float(np.mean(v)) for k, v in scores.items()}
+    out = {f"vol_{k}": float(np.mean(v)) for k, v in scores.items()}
+    # one score for run.select_by = "vol_score": the mean of the three errors (lower is better)
+    out["vol_score"] = (out["vol_rmse"] / 100.0 + out["vol_hfen"] / 100.0
+                        + (1.0 - out["vol_ssim"])) / 3.0
+    return out
 
 
 def validate(model, val, cfg, device, amp_dtype):
