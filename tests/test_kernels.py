@@ -249,6 +249,29 @@ def test_laplacian_is_divergence_of_gradient():
         kernels.divergence(np.zeros((12, 10, 8, 3)), voxel_size=vsz)
 
 
+@pytest.mark.parametrize("shape", [(64, 40, 36), (37, 33, 30), (16, 80, 70)])
+def test_div_weighted_grad_in_threads_is_bit_identical(shape, monkeypatch):
+    """Split over slabs of the first axis (any slab count the shape allows), the fused weighted
+    divergence gives exactly the single-threaded result, across the periodic wrap too; with
+    limit_threads(1) it stays in one thread."""
+    from metaqsm import _parallel
+    from metaqsm._fd import div_weighted_grad
+    from metaqsm.bids._threads import limit_threads
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.random((3,) + shape).astype(np.float32)
+    one = div_weighted_grad(x, w)
+    monkeypatch.setattr(_parallel, "THREADED_SIZE", 1)
+    for workers in (2, 3, 4):
+        monkeypatch.setattr(_parallel, "WORKERS", workers)
+        assert _parallel.thread_count(x) == min(workers, shape[0] // 4)
+        np.testing.assert_array_equal(div_weighted_grad(x, w), one)
+    with limit_threads(1):
+        assert _parallel.thread_count(x) == 1
+    assert [b - a for a, b in _parallel.slabs(10, 3)] == [3, 3, 4]
+
+
 @pytest.mark.parametrize("boundary", ["neumann", "dirichlet"])
 def test_poisson_solver_inverts_the_laplacian(boundary):
     """``solve(f)`` satisfies lap(u) = f with the boundary condition: zero flux (the Laplacian

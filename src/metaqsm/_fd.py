@@ -20,6 +20,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ._fft import WORKERS, shape3
+from ._parallel import run_slabs, thread_count
 from ._validate import as_voxel_size
 
 __all__ = ["gradient", "divergence", "laplacian", "div_weighted_grad", "poisson_solver"]
@@ -182,20 +183,56 @@ def div_weighted_grad(x, weights, *, out=None, work=None):
     out = _buffer(out, np.shape(x))
     work = np.empty_like(out) if work is None else work
     x = np.asarray(x, dtype=out.dtype)
+    threads = thread_count(out)
+    if threads > 1:
+        _dwg_threaded(x, weights, out, work, threads)
+        return out
     for axis in range(3):
-        hi, lo = _sl(axis, 1, None), _sl(axis, None, -1)
-        first, last = _sl(axis, 0, 1), _sl(axis, -1, None)
-        np.subtract(x[hi], x[lo], out=work[lo])        # forward difference (periodic)
-        np.subtract(x[first], x[last], out=work[last])
-        work *= weights[axis]
-        if axis == 0:                                   # backward difference (periodic)
-            np.subtract(work[hi], work[lo], out=out[hi])
-            np.subtract(work[first], work[last], out=out[first])
-        else:
-            out += work
-            out[hi] -= work[lo]
-            out[first] -= work[last]
+        _dwg_axis(x, weights[axis], out, work, axis, first=axis == 0)
     return out
+
+
+def _dwg_axis(x, w, out, work, axis, *, first):
+    """Add (or, ``first``, write) ``w (x[v + e] - x[v]) - w[v - e] (x[v] - x[v - e])`` along
+    ``axis`` (periodic) to ``out``; ``work`` is scratch of the shape of ``x``."""
+    hi, lo = _sl(axis, 1, None), _sl(axis, None, -1)
+    head, last = _sl(axis, 0, 1), _sl(axis, -1, None)
+    np.subtract(x[hi], x[lo], out=work[lo])        # forward difference (periodic)
+    np.subtract(x[head], x[last], out=work[last])
+    work *= w
+    if first:                                       # backward difference (periodic)
+        np.subtract(work[hi], work[lo], out=out[hi])
+        np.subtract(work[head], work[last], out=out[head])
+    else:
+        out += work
+        out[hi] -= work[lo]
+        out[head] -= work[last]
+
+
+def _dwg_threaded(x, weights, out, work, threads):
+    """:func:`div_weighted_grad` over slabs of the first axis in ``threads`` threads: first the
+    weighted forward differences along that axis (each slab's last row kept aside, since the
+    next slab needs it), then each slab's backward difference and its two in-slab axes."""
+    n = x.shape[0]
+    w0 = weights[0]
+    carry = np.empty((threads,) + x.shape[1:], out.dtype)
+
+    def flux(i, a, b):
+        stop = min(b, n - 1)
+        np.subtract(x[a + 1:stop + 1], x[a:stop], out=work[a:stop])
+        if b == n:
+            np.subtract(x[0], x[n - 1], out=work[n - 1])
+        work[a:b] *= w0[a:b]
+        carry[i] = work[b - 1]
+
+    def rest(i, a, b):
+        np.subtract(work[a + 1:b], work[a:b - 1], out=out[a + 1:b])
+        np.subtract(work[a], carry[i - 1], out=out[a])  # i - 1 = -1: the last slab (periodic)
+        for axis in (1, 2):
+            _dwg_axis(x[a:b], weights[axis][a:b], out[a:b], work[a:b], axis, first=False)
+
+    run_slabs(flux, n, threads)
+    run_slabs(rest, n, threads)
 
 
 _TRANSFORMS = {"neumann": (sfft.dctn, sfft.idctn, 2), "dirichlet": (sfft.dstn, sfft.idstn, 1)}

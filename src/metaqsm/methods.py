@@ -311,6 +311,8 @@ INVERSIONS = {m.name: m for m in (
                            "ventricle mask from the magnitude", choices=("auto",)),
                     Option("lam_csf", "float", "weight of the MEDI+0 CSF term (with --csf)"),
                     Option("merit", "bool", "model error reduction (the toolbox's merit)"),
+                    Option("precondition", "bool", "k-space preconditioned CG (--no-precondition: "
+                           "the toolbox's plain CG)"),
                     _pad())),
     Method("tv", "inversion.tv:tv", "classical", "TV",
            "total-variation regularised inversion by ADMM (Bilgic et al. 2014; as FANSI)",

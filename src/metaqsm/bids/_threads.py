@@ -20,7 +20,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 # the modules that bind metaqsm._fft.WORKERS at import (``from ._fft import WORKERS``)
-_WORKER_MODULES = ("metaqsm._fft", "metaqsm.kernels", "metaqsm._fd")
+_WORKER_MODULES = ("metaqsm._fft", "metaqsm.kernels", "metaqsm._fd", "metaqsm._parallel")
 
 
 def available_cores():

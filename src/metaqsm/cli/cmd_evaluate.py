@@ -13,14 +13,16 @@ Evaluate dipole inversions and write a report (index.html, report.md, results.cs
   metaqsm evaluate --suite quick -o report/              # 3 small phantoms, about a minute
   metaqsm evaluate --suite paper -o report/              # paper Tables 1-3 (hours on a CPU)
   metaqsm evaluate --suite paper -o report/ --resume     # continue an interrupted run
+  metaqsm evaluate --suite realistic -o report/          # realistic heads (about 25 minutes)
   metaqsm evaluate --field f.nii.gz --reference chi.nii.gz --mask m.nii.gz \\
                    --methods tkd ilsqr medi tv meta -o report/      # your own case
   metaqsm evaluate --real out/ -o report/                # real data (a `metaqsm run` folder)
   metaqsm evaluate --field f.nii.gz --mask m.nii.gz -o report/      # real data, explicit files
 
 Suites: quick, paper (Tables 1-3), resolution (RMSE vs voxel size), orientation (RMSE vs B0
-tilt), fansi (the FANSI phantom). Network methods (meta, mesa) without a shipped model are
-reported as "not available" instead of failing.
+tilt), fansi (the FANSI phantom), realistic (whole heads with a real scan's imperfections through
+the pipeline: the suite that ranks methods as real brains do). Network methods (meta, mesa,
+meta-unrolled) without a shipped model are reported as "not available" instead of failing.
 """
 
 

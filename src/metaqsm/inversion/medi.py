@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._fd import div_weighted_grad, gradient
-from .._fft import crop_volume, fft_convolve, pad_volume, padded_shape
-from .._linalg import cg
+from .._fft import crop_volume, fft_convolve, irfft, pad_volume, padded_shape, rfft
+from .._linalg import CGInfo, cg
+from .._parallel import run_slabs, thread_count
 from .._validate import as_positive
-from ..kernels import dipole_kernel
+from ..kernels import dipole_kernel, gradient_kernel_sq
 from ..units import ppm_to_rad
 from . import _common
 
@@ -18,7 +19,7 @@ __all__ = ["medi", "gradient_mask", "data_weight"]
 def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noise_std=None,
          lam=100.0, field_strength=3.0, delta_te=5e-3, edge_fraction=0.9, max_iter=10,
          tol=0.1, cg_max_iter=100, cg_tol=0.01, epsilon=1e-6, csf=None, lam_csf=100.0,
-         merit=False, pad=0, progress=False):
+         merit=False, pad=0, precondition=True, progress=False):
     """Morphology Enabled Dipole Inversion (MEDI), nonlinear formulation.
 
     Minimises, over chi in the MEDI toolbox's units (radians, see below),
@@ -30,8 +31,8 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     toolbox's ``MEDI_L1``: Gauss-Newton outer iterations, each linearising the exponential
     around the current chi and replacing the L1 norm by the lazily re-weighted quadratic
     ``sum |M G dx|^2 / sqrt(|M G chi|^2 + epsilon)`` (per gradient component), solved by
-    conjugate gradients; the outer loop stops when ``||dx|| / ||chi|| < tol`` or after
-    ``max_iter`` iterations. Defaults are the toolbox's (10 outer / 100 CG iterations,
+    conjugate gradients (preconditioned in k-space here, see ``precondition``); the outer loop
+    stops when ``||dx|| / ||chi|| < tol`` or after ``max_iter`` iterations. Defaults are the toolbox's (10 outer / 100 CG iterations,
     tolerances 0.1 and 0.01, epsilon 1e-6, edge fraction 0.9, no padding, lambda_CSF 100)
     except ``lam`` (100, see below). The data weight is the toolbox's ``dataterm_mask``
     (mode 1): ``1 / noise_std`` (or the magnitude) normalised to mean 1 in the mask.
@@ -106,6 +107,16 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     pad : "auto", int or 3 ints
         Zero padding of the FFT grid (see :func:`metaqsm.kernels.padded_shape`). Default 0, as
         the toolbox (``zeropad`` 0).
+    precondition : bool
+        Solve each Gauss-Newton step by CG preconditioned with the circulant approximation
+        ``(a |D|^2 + b |G|^2)^-1`` of the normal operator (``a``: the mean data weight
+        ``2 lam W^2`` in the mask; ``b``: the mean regularisation weight), with the residual
+        and the search direction kept as spectra, so that an iteration costs the same four FFTs
+        as plain CG. The toolbox's plain CG stops at its 100 iterations with a residual of
+        0.04-0.26; this one reaches the 0.01 tolerance in 50-100. Same maps on realistic data
+        (2 mm realistic heads: mean RMSE 67.9 % both, at half the time), 23.2 -> 23.7 % on the
+        idealised 256 x 256 x 64 benchmark phantom (docs/inversion.md, "Speed"). Default True;
+        False is the toolbox's solver.
     progress : bool
         Show a tqdm progress bar over the Gauss-Newton iterations. Default False.
 
@@ -222,7 +233,19 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
                     out += csf_term(v)
                 return out
 
-            dx, _ = cg(apply_a, rhs, tol=cg_tol, max_iter=cg_max_iter)
+            if precondition:
+                def spatial(v):  # the part of A that is not a convolution: G^T Vr G (+ CSF)
+                    out = neg_reg(v, vr)
+                    np.negative(out, out=out)
+                    if mcsf is not None:
+                        out += csf_term(v)
+                    return out
+
+                kinv = _circulant_inverse(D, m2, vr, mp, vsz)
+                dx, _ = _spectral_pcg(D, m2, spatial, rhs, kinv, tol=cg_tol,
+                                      max_iter=cg_max_iter)
+            else:
+                dx, _ = cg(apply_a, rhs, tol=cg_tol, max_iter=cg_max_iter)
             nx = float(np.linalg.norm(x))
             ratio = float(np.linalg.norm(dx)) / nx if nx > 0 else np.inf
             x += dx
@@ -241,6 +264,99 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
         chi -= np.float32(chi[mcsf].mean())
         chi *= m
     return chi
+
+
+def _circulant_inverse(D, m2, vr, mp, vsz):
+    """``1 / (a D^2 + b |G|^2)`` on the rfft half spectrum: the preconditioner of
+    :func:`_spectral_pcg`. ``a`` is the mean of the data weight ``m2`` in the mask ``mp``, ``b``
+    the mean of the regularisation weights ``vr`` without their ``1 / d^2`` (which ``|G|^2``
+    carries); k = 0, where both vanish, gets 1 (the right-hand side has no mean there)."""
+    a = float(m2[mp].mean())
+    b = float(np.mean([vr[i].mean() * d * d for i, d in enumerate(vsz)]))
+    k = np.float32(a) * D * D
+    k += np.float32(b) * gradient_kernel_sq(m2.shape, voxel_size=vsz)
+    k[0, 0, 0] = 1.0
+    return np.reciprocal(k, out=k)
+
+
+def _half_dot(a, b, n_last):
+    """``N * sum_x u(x) v(x)`` from the rfft half spectra ``a``, ``b`` of real volumes ``u``, ``v``
+    (Parseval: the bins of the last axis other than 0 and, for even lengths, n/2 stand for
+    two)."""
+    t = 2.0 * np.vdot(a, b).real - np.vdot(a[..., 0], b[..., 0]).real
+    if n_last % 2 == 0:
+        t -= np.vdot(a[..., -1], b[..., -1]).real
+    return float(t)
+
+
+def _spectral_pcg(D, m2, spatial, rhs, kinv, *, tol, max_iter):
+    """Preconditioned CG on ``(D m2 D + S) x = rhs``: ``D`` the dipole convolution (its half
+    spectrum), ``m2`` a voxel weight, ``S`` = ``spatial`` a symmetric operator on volumes,
+    ``kinv`` a circulant preconditioner (a real half spectrum).
+
+    The residual, the preconditioned residual and the search direction are kept as spectra
+    (the residual update is linear), so each iteration takes four FFTs: the direction and its
+    dipole field back to space, the weighted field and ``S`` of the direction forward; the same
+    count as plain CG, whose operator alone costs four. The vector updates run over slabs of
+    the first axis in threads (:mod:`metaqsm._parallel`), fused so that each array is read
+    once per step. Stops when ``||b - A x|| <= tol ||b||`` (Euclidean norms, from the
+    spectra); returns ``(x, CGInfo)`` as :func:`metaqsm._linalg.cg`.
+    """
+    shape = rhs.shape
+    n_last, n = shape[-1], shape[0]
+    threads = thread_count(rhs)
+    res = rfft(rhs)  # residual of x = 0
+    bb = _half_dot(res, res, n_last)
+    stop = tol * tol * bb
+    direction = res * kinv
+    rz = _half_dot(res, direction, n_last)
+    z = np.empty_like(direction)
+    x = np.zeros(shape, np.float32)
+    rr, it = bb, 0
+
+    def total(func):
+        return float(sum(run_slabs(func, n, threads)))
+
+    while it < max_iter and rr > stop:
+        run_slabs(lambda i, a, b: np.multiply(direction[a:b], D[a:b], out=z[a:b]), n, threads)
+        t = irfft(z, shape)
+        run_slabs(lambda i, a, b: np.multiply(t[a:b], m2[a:b], out=t[a:b]), n, threads)
+        q = rfft(t)
+        del t
+        p = irfft(direction, shape)
+        qs = rfft(spatial(p))
+
+        def apply_d(i, a, b):  # q = D rfft(m2 D p) + rfft(S p), and <p, A p>
+            q[a:b] *= D[a:b]
+            q[a:b] += qs[a:b]
+            return _half_dot(direction[a:b], q[a:b], n_last)
+
+        alpha = rz / total(apply_d)
+        del qs
+
+        def update(i, a, b):  # x += alpha p, r -= alpha A p, z = M r: returns <r, r>, <r, z>
+            x[a:b] += np.float32(alpha) * p[a:b]
+            q[a:b] *= np.float32(alpha)
+            res[a:b] -= q[a:b]
+            np.multiply(res[a:b], kinv[a:b], out=z[a:b])
+            return (_half_dot(res[a:b], res[a:b], n_last), _half_dot(res[a:b], z[a:b], n_last))
+
+        parts = run_slabs(update, n, threads)
+        del p, q
+        it += 1
+        rr = float(sum(r[0] for r in parts))
+        if rr <= stop:
+            break
+        rz_new = float(sum(r[1] for r in parts))
+        beta = np.float32(rz_new / rz)
+
+        def step(i, a, b):
+            direction[a:b] *= beta
+            direction[a:b] += z[a:b]
+
+        run_slabs(step, n, threads)
+        rz = rz_new
+    return x, CGInfo(it, float(np.sqrt(rr / bb)) if bb > 0 else 0.0, rr <= stop)
 
 
 def _merit_weight(x, D, rdf, mp, m2, noise, wdata, lam, shape0, shape):
