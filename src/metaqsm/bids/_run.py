@@ -225,6 +225,9 @@ def _run_local(todo, cfg, n_jobs, callback):
         if callback:
             callback(record)
 
+    def failed(acq, exc):  # an error the worker reported (e.g. a result that cannot be pickled)
+        done(_failed(acq, f"the worker failed: {type(exc).__name__}: {exc}", cfg.output_dir))
+
     retry = []
     with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=context) as pool:
         futures = {pool.submit(_in_worker, acq, cfg): acq for acq in todo}
@@ -234,9 +237,8 @@ def _run_local(todo, cfg, n_jobs, callback):
                 done(fut.result())
             except BrokenProcessPool:  # a worker died: every unfinished one goes again, alone
                 retry.append(acq)
-            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
-                done(_failed(acq, f"the worker failed: {type(exc).__name__}: {exc}",
-                             cfg.output_dir))
+            except Exception as exc:  # noqa: BLE001
+                failed(acq, exc)
     for acq in retry:  # one worker each: only the acquisition that kills its worker fails
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             try:
@@ -245,8 +247,7 @@ def _run_local(todo, cfg, n_jobs, callback):
                 done(_failed(acq, "the worker process died (killed, e.g. out of memory)",
                              cfg.output_dir))
             except Exception as exc:  # noqa: BLE001
-                done(_failed(acq, f"the worker failed: {type(exc).__name__}: {exc}",
-                             cfg.output_dir))
+                failed(acq, exc)
     return records
 
 

@@ -353,7 +353,6 @@ def realistic_case(index, *, output_voxel_size=(1.0, 1.0, 1.0), b0_tilt_deg=0.0,
     }
     extra = sum(parts.values()).astype(np.float32)
     # tissue proton density (CSF 1, grey 0.85, white 0.7) times a smooth receive profile
-    shape = scene["chi"].shape
     bias = _receive_profile(scene["mask"], vsz, config, rng)
     p["snr"] = float(rng.uniform(*config.snr))
     p["b0_dir"] = [float(v) for v in b0]
