@@ -151,6 +151,20 @@ def test_masked_ssim_is_the_metric_on_the_truths_scale():
     assert float(masked_ssim(stepped, t(y), t(m))[0]) > expected + 0.01
 
 
+def test_learning_rate_warm_up_and_decay():
+    """optim.warmup_steps ramps the rate linearly over its first steps, then the paper's decay
+    (x decay_rate every decay_steps) applies; 0 is the paper's schedule."""
+    from metaqsm.dl.train.loop import lr_factor
+
+    f = lr_factor({"decay_rate": 0.5, "decay_steps": 10, "warmup_steps": 4})
+    assert [f(s) for s in (0, 1, 2, 3, 4, 9, 10, 25)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.5, 0.25])
+    g = lr_factor({"decay_rate": 0.5, "decay_steps": 10, "warmup_steps": 0})
+    assert [g(s) for s in (0, 9, 10)] == pytest.approx([1.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match="optim.warmup_steps must be an integer"):
+        validate_config(apply_overrides(DEFAULT_CONFIG, ["optim.warmup_steps=-1"]))
+
+
 def test_ssim_weight_trains_and_vol_score_selects(data, tmp_path):
     """optim.ssim_weight adds the SSIM term (finite losses, a run as any other) and
     run.select_by = "vol_score" keeps the checkpoint with the lowest mean of RMSE / 100,
@@ -348,7 +362,8 @@ def test_config_errors(tmp_path):
         load_config(bad)
 
 
-@pytest.mark.parametrize("name", ["meta-unrolled.toml", "meta-unrolled-ssim.toml"])
+@pytest.mark.parametrize("name", ["meta-unrolled.toml", "meta-unrolled-ssim.toml",
+                                  "meta-unrolled-warmup.toml"])
 def test_meta_unrolled_configs_load(name):
     """The Meta-QSM 2 training and its contrast fine-tune (from the shipped weights, which
     exist and fit the configured network) are valid configurations."""

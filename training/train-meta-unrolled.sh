@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Start, or resume after any stop, the background CPU training of Meta-QSM 2 (meta-unrolled):
-# low priority (nice 10), one thread, log in runs/meta-unrolled/train.out; config and log copies
+# low priority (nice 10), one thread (THREADS=2 in the environment for two), log in
+# runs/NAME/train.out; config and log copies
 # in training/NAME/ (copied at every start; run it again to refresh them). NAME is the config
 # configs/NAME.toml: meta-unrolled (default, the training from scratch) or meta-unrolled-ssim
-# (the contrast fine-tune of the shipped network).
+# or meta-unrolled-warmup (the contrast fine-tunes of the shipped network).
 #   training/train-meta-unrolled.sh [NAME]   start or resume runs/NAME
 #   kill $(cat runs/NAME/pid)                stop (SIGTERM: it checkpoints and exits)
 set -euo pipefail
@@ -21,7 +22,7 @@ if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
 fi
 RESUME=""
 [ -f "$RUN/last.pt" ] && RESUME="--resume"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 nohup nice -n 10 python3 -m metaqsm.cli train --config "$CONFIG" --out "$RUN" \
     $RESUME >>"$RUN/train.out" 2>&1 &
 echo $! >"$RUN/pid"

@@ -43,6 +43,9 @@ DEFAULT_CONFIG = {
         "lr": 1e-4,  # initial learning rate (paper)
         "decay_rate": 0.96,  # learning rate factor ...
         "decay_steps": 200,  # ... every this many steps (paper: exponential decay every 200)
+        # linear learning-rate warm-up over this many steps (0: none, as the paper); for
+        # fine-tuning, where RMSprop's running averages start at zero on converged weights
+        "warmup_steps": 0,
         "rho": 0.9,  # RMSprop smoothing constant (Keras default, which the paper used)
         "eps": 1e-7,  # RMSprop epsilon (Keras default)
         "weight_reg": 0.01,  # L2 strength: weight_reg * sum of squares (Keras l2(0.01))
@@ -153,6 +156,7 @@ def validate_config(config):
     if not 0 < o["decay_rate"] <= 1:
         raise ValueError(f"optim.decay_rate must be in (0, 1], got {o['decay_rate']!r}")
     for sec, key, minimum in (("optim", "decay_steps", 1), ("optim", "batch_size", 1),
+                              ("optim", "warmup_steps", 0),
                               ("run", "steps", 0), ("run", "val_every", 1), ("run", "ckpt_every", 1),
                               ("run", "log_every", 1), ("run", "threads", 0),
                               ("run", "num_workers", 0), ("data", "val_size", 1),

@@ -90,6 +90,19 @@ class Stop:
         return False
 
 
+def lr_factor(optim):
+    """The learning rate of step ``s`` over ``optim.lr``: a linear warm-up over
+    ``optim.warmup_steps`` (``(s + 1) / warmup``), times ``decay_rate ** (s // decay_steps)``."""
+    rate, every = float(optim["decay_rate"]), int(optim["decay_steps"])
+    warmup = int(optim.get("warmup_steps", 0))
+
+    def factor(s):
+        ramp = min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+        return ramp * rate ** (s // every)
+
+    return factor
+
+
 def train(config, *, out, resume=False, train_data=None, val_data=None, stop_after=None):
     """Train a network as configured; resumable.
 
@@ -151,8 +164,7 @@ def train(config, *, out, resume=False, train_data=None, val_data=None, stop_aft
     cfg["model"] = {"name": cfg["model"]["name"], **model.config}
     model.train()
     optimizer = torch.optim.RMSprop(model.parameters(), lr=o["lr"], alpha=o["rho"], eps=o["eps"])
-    rate, every = float(o["decay_rate"]), int(o["decay_steps"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate ** (s // every))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(o))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step, position, best, best_loss = 0, 0, math.inf, math.inf
     by = r["select_by"]
