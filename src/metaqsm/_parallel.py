@@ -15,7 +15,7 @@ import numpy as np
 
 from ._fft import WORKERS
 
-__all__ = ["THREADED_SIZE", "thread_count", "slabs", "run_slabs"]
+__all__ = ["THREADED_SIZE", "available_cores", "thread_count", "slabs", "run_slabs"]
 
 THREADED_SIZE = 1 << 20
 """Volumes of at least this many elements are split over threads."""
@@ -23,15 +23,21 @@ THREADED_SIZE = 1 << 20
 _POOLS = {}
 
 
+def available_cores():
+    """Cores this process may run on (its CPU affinity, e.g. a SLURM allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def thread_count(a):
     """Threads for an elementwise pass over ``a``: ``WORKERS`` (or every available core for
     -1), at most 8 and at most a quarter of the first axis; 1 below :data:`THREADED_SIZE`."""
     if np.size(a) < THREADED_SIZE:
         return 1
-    n = WORKERS
-    if n <= 0:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(int(n or 1), 8, np.shape(a)[0] // 4))
+    n = WORKERS if WORKERS > 0 else available_cores()
+    return max(1, min(int(n), 8, np.shape(a)[0] // 4))
 
 
 def slabs(n, threads):

@@ -14,6 +14,8 @@ import os
 import sys
 import threading
 
+from .._parallel import available_cores
+
 __all__ = ["available_cores", "limit_threads", "THREAD_ENV"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -21,14 +23,6 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 
 # the modules that bind metaqsm._fft.WORKERS at import (``from ._fft import WORKERS``)
 _WORKER_MODULES = ("metaqsm._fft", "metaqsm.kernels", "metaqsm._fd", "metaqsm._parallel")
-
-
-def available_cores():
-    """Cores this process may run on (its CPU affinity, e.g. a SLURM allocation)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 _LOCK = threading.Lock()

@@ -75,10 +75,9 @@ def machine_info():
         except metadata.PackageNotFoundError:
             return None
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
+    from .._parallel import available_cores
+
+    usable = available_cores()
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -191,6 +191,9 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     wg[(slice(None),) + tuple(slice(0, n) for n in f.shape)] = wgrad
     del wgrad
     D = dipole_kernel(shape, voxel_size=vsz, b0_dir=b)
+    if precondition:  # the preconditioner's two spectra; its weights change with each step
+        d2 = D * D
+        g2 = gradient_kernel_sq(shape, voxel_size=vsz)
 
     g = np.empty((3,) + shape, np.float32)
     tmp = np.empty(shape, np.float32)
@@ -241,7 +244,7 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
                         out += csf_term(v)
                     return out
 
-                kinv = _circulant_inverse(D, m2, vr, mp, vsz)
+                kinv = _circulant_inverse(d2, g2, m2, vr, mp, vsz)
                 dx, _ = _spectral_pcg(D, m2, spatial, rhs, kinv, tol=cg_tol,
                                       max_iter=cg_max_iter)
             else:
@@ -266,15 +269,16 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     return chi
 
 
-def _circulant_inverse(D, m2, vr, mp, vsz):
-    """``1 / (a D^2 + b |G|^2)`` on the rfft half spectrum: the preconditioner of
-    :func:`_spectral_pcg`. ``a`` is the mean of the data weight ``m2`` in the mask ``mp``, ``b``
-    the mean of the regularisation weights ``vr`` without their ``1 / d^2`` (which ``|G|^2``
-    carries); k = 0, where both vanish, gets 1 (the right-hand side has no mean there)."""
+def _circulant_inverse(d2, g2, m2, vr, mp, vsz):
+    """``1 / (a D^2 + b |G|^2)`` on the rfft half spectrum (``d2``, ``g2``: D^2 and |G|^2): the
+    preconditioner of :func:`_spectral_pcg`. ``a`` is the mean of the data weight ``m2`` in the
+    mask ``mp``, ``b`` the mean of the regularisation weights ``vr`` without their ``1 / d^2``
+    (which ``|G|^2`` carries); k = 0, where both vanish, gets 1 (the right-hand side has no mean
+    there)."""
     a = float(m2[mp].mean())
     b = float(np.mean([vr[i].mean() * d * d for i, d in enumerate(vsz)]))
-    k = np.float32(a) * D * D
-    k += np.float32(b) * gradient_kernel_sq(m2.shape, voxel_size=vsz)
+    k = np.float32(a) * d2
+    k += np.float32(b) * g2
     k[0, 0, 0] = 1.0
     return np.reciprocal(k, out=k)
 
@@ -314,9 +318,6 @@ def _spectral_pcg(D, m2, spatial, rhs, kinv, *, tol, max_iter):
     x = np.zeros(shape, np.float32)
     rr, it = bb, 0
 
-    def total(func):
-        return float(sum(run_slabs(func, n, threads)))
-
     while it < max_iter and rr > stop:
         run_slabs(lambda i, a, b: np.multiply(direction[a:b], D[a:b], out=z[a:b]), n, threads)
         t = irfft(z, shape)
@@ -331,11 +332,12 @@ def _spectral_pcg(D, m2, spatial, rhs, kinv, *, tol, max_iter):
             q[a:b] += qs[a:b]
             return _half_dot(direction[a:b], q[a:b], n_last)
 
-        alpha = rz / total(apply_d)
+        alpha = rz / float(sum(run_slabs(apply_d, n, threads)))
         del qs
 
         def update(i, a, b):  # x += alpha p, r -= alpha A p, z = M r: returns <r, r>, <r, z>
-            x[a:b] += np.float32(alpha) * p[a:b]
+            p[a:b] *= np.float32(alpha)  # p is not needed after this step
+            x[a:b] += p[a:b]
             q[a:b] *= np.float32(alpha)
             res[a:b] -= q[a:b]
             np.multiply(res[a:b], kinv[a:b], out=z[a:b])
