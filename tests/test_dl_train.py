@@ -349,6 +349,10 @@ def test_config_errors(tmp_path):
             (['run.select_by="vol_rmse"'], "needs run.val_volumes >= 1"),
             (['run.select_by="vol_score"'], "needs run.val_volumes >= 1"),
             (["optim.ssim_weight=-1"], "optim.ssim_weight must be a non-negative number"),
+            (["data.head_bank_fraction=1.5"], "data.head_bank_fraction must be a number in"),
+            (["data.head_bank_fraction=0.5"], "needs data.source = 'realistic' and a"),
+            (['data.source="realistic"', "data.head_bank_fraction=0.5"],
+             "needs data.source = 'realistic' and a"),
             (["run.val_volume_shape=[64, 64]"], "run.val_volume_shape must be 3 integers"),
             (["run.val_volumes=-1"], "run.val_volumes must be an integer"),
             (['run.amp="fp8"'], "run.amp must be one of")):
@@ -363,7 +367,8 @@ def test_config_errors(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["meta-unrolled.toml", "meta-unrolled-ssim.toml",
-                                  "meta-unrolled-warmup.toml"])
+                                  "meta-unrolled-warmup.toml", "meta-unrolled-contrast.toml",
+                                  "meta-unrolled-bank.toml"])
 def test_meta_unrolled_configs_load(name):
     """The Meta-QSM 2 training and its contrast fine-tune (from the shipped weights, which
     exist and fit the configured network) are valid configurations."""
@@ -374,7 +379,8 @@ def test_meta_unrolled_configs_load(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg["model"]["name"] == "meta-unrolled" and cfg["run"]["select_by"].startswith("vol_")
     if cfg["run"]["init_weights"]:
-        assert cfg["optim"]["ssim_weight"] > 0
+        # a fine-tune changes the objective or the data
+        assert cfg["optim"]["ssim_weight"] > 0 or cfg["data"]["head_bank_fraction"] > 0
         shipped = load_model(cfg["run"]["init_weights"], cache=False)
         model = build_model("meta-unrolled", **{k: v for k, v in cfg["model"].items()
                                                 if k != "name"})

@@ -50,12 +50,20 @@ def fixed_voxel_size(cfg):
 
 def stream(cfg, **kwargs):
     """The configured synthetic stream: :class:`SyntheticStream`, or for ``data.source =
-    "realistic"`` a :class:`CorruptedStream` with ``data.corrupt``'s ranges."""
-    if cfg["data"]["source"] == "realistic":
+    "realistic"`` a :class:`CorruptedStream` with ``data.corrupt``'s ranges (a
+    :class:`~metaqsm.dl.headbank.HeadBankStream` when ``data.head_bank_fraction`` > 0)."""
+    d = cfg["data"]
+    if d["source"] == "realistic":
         from ...simulate.corrupt import CorruptionConfig
 
-        return CorruptedStream(synth_config(cfg), **kwargs,
-                               corruption=CorruptionConfig.from_dict(cfg["data"]["corrupt"]))
+        corruption = CorruptionConfig.from_dict(d["corrupt"])
+        if d.get("head_bank_fraction", 0.0) > 0:
+            from ..headbank import HeadBankStream
+
+            return HeadBankStream(synth_config(cfg), **kwargs, corruption=corruption,
+                                  bank=d["head_bank"], fraction=d["head_bank_fraction"],
+                                  patch_shape=d["patch_shape"])
+        return CorruptedStream(synth_config(cfg), **kwargs, corruption=corruption)
     return SyntheticStream(synth_config(cfg), **kwargs)
 
 

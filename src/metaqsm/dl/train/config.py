@@ -38,6 +38,10 @@ DEFAULT_CONFIG = {
         "variant_block": 8,  # stream: scenes per block of mirror images (see SyntheticStream)
         "synth": {},  # other SynthConfig fields (voxel_size_range, max_tilt_deg, ...)
         "corrupt": {},  # source "realistic": CorruptionConfig fields (noise_median, ...)
+        # source "realistic": a folder of realistic heads (dl.headbank, written by
+        # training/make-head-bank.py) whose patches replace this fraction of the samples
+        "head_bank": "",
+        "head_bank_fraction": 0.0,
     },
     "optim": {
         "lr": 1e-4,  # initial learning rate (paper)
@@ -197,6 +201,12 @@ def validate_config(config):
             CorruptionConfig.from_dict(d["corrupt"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"data.corrupt: {exc}") from None
+    f = d["head_bank_fraction"]
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+        raise ValueError(f"data.head_bank_fraction must be a number in [0, 1], got {f!r}")
+    if f > 0 and (d["source"] != "realistic" or not d["head_bank"]):
+        raise ValueError("data.head_bank_fraction > 0 needs data.source = 'realistic' and a "
+                         "data.head_bank folder")
     if d["source"] == "h5" and not d["path"]:
         raise ValueError("data.path must name an HDF5 file when data.source is 'h5'")
     if r["amp"] not in ("auto", "off", "bf16", "fp16"):
