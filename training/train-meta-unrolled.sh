@@ -3,8 +3,10 @@
 # low priority (nice 10), one thread (THREADS=2 in the environment for two), log in
 # runs/NAME/train.out; config and log copies
 # in training/NAME/ (copied at every start; run it again to refresh them). NAME is the config
-# configs/NAME.toml: meta-unrolled (default, the training from scratch) or meta-unrolled-ssim
-# or meta-unrolled-warmup (the contrast fine-tunes of the shipped network).
+# configs/NAME.toml: meta-unrolled (default, the training from scratch), meta-unrolled-ssim,
+# meta-unrolled-warmup or meta-unrolled-contrast (the contrast fine-tunes of the shipped
+# network) or meta-unrolled-bank (the fine-tune on realistic heads: first fill the bank with
+# training/make-head-bank.py runs/head-bank N).
 #   training/train-meta-unrolled.sh [NAME]   start or resume runs/NAME
 #   kill $(cat runs/NAME/pid)                stop (SIGTERM: it checkpoints and exits)
 set -euo pipefail
