@@ -61,7 +61,7 @@ def bank_geometry(index, *, seed, geometry=None):
     rng = np.random.default_rng([int(seed), int(index), 0xBA4C])
     fine = index % 2 == 0
     inplane = rng.uniform(*(g.fine_inplane if fine else g.quick_inplane))
-    slab = max(rng.uniform(*(g.fine_slice if fine else g.quick_slice)), 0.0)
+    slab = rng.uniform(*(g.fine_slice if fine else g.quick_slice))
     tilt = float(rng.uniform(0.0, g.max_tilt_deg))
     return (1.0 if fine else 2.0), (float(inplane), float(inplane), float(slab)), tilt
 
@@ -157,7 +157,9 @@ class HeadBankStream(CorruptedStream):
     Sample ``i`` is a bank patch with probability ``fraction``, decided by a generator seeded
     with ``(seed, i, 0xBA)``, which also picks the head, the patch's centre (a mask voxel) and
     one of the exact mirror images (:data:`~metaqsm.simulate.synth.VARIANT_FLIPS`); so a
-    resumed stream yields the same samples. Other samples are the corrupted stream's.
+    resumed stream yields the same samples. Other samples are the corrupted stream's. The
+    synthetic scene is generated either way (the stream's scenes stay those of its index), so a
+    bank patch saves no time.
 
     Parameters
     ----------
