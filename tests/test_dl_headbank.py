@@ -120,3 +120,23 @@ def test_head_bank_stream_mixes_deterministically():
         HeadBankStream(SMALL, bank=heads, fraction=2.0, patch_shape=(16, 16, 16), seed=0)
     with pytest.raises(ValueError, match="no heads"):
         HeadBankStream(SMALL, bank=[], fraction=0.5, patch_shape=(16, 16, 16), seed=0)
+
+
+def test_training_stream_reads_the_configured_bank(tmp_path):
+    """`data.head_bank_fraction` > 0 makes the training stream a HeadBankStream over the
+    folder; an empty folder fails when the stream is made (before any training step)."""
+    from metaqsm.dl.train.batches import stream
+    from metaqsm.dl.train.config import DEFAULT_CONFIG, apply_overrides, validate_config
+
+    cfg = validate_config(apply_overrides(DEFAULT_CONFIG, [
+        'data.source="realistic"', f'data.head_bank="{tmp_path.as_posix()}"',
+        "data.head_bank_fraction=0.5", "data.patch_shape=[16, 16, 16]"]))
+    with pytest.raises(FileNotFoundError, match="no heads"):
+        stream(cfg, seed=0)
+    head = fake_head()
+    np.savez_compressed(tmp_path / "head-s7-0000.npz", **{k: head[k] for k in
+                                                          ("field", "chi", "mask", "voxel_size",
+                                                           "b0_dir")})
+    s = stream(cfg, seed=0)
+    assert isinstance(s, HeadBankStream) and len(s.heads) == 1 and s.fraction == 0.5
+    assert s.patch_shape == (16, 16, 16)
