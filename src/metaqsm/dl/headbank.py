@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._fft import mask_box
 from ..simulate.synth import VARIANT_FLIPS, flip_sample
 from .data import CorruptedStream
 
@@ -126,6 +127,11 @@ def read_head_bank(directory):
     return heads
 
 
+def _mask_cropped(head):
+    box = mask_box(head["mask"], margin=0)
+    return {k: np.ascontiguousarray(v[box]) if np.ndim(v) == 3 else v for k, v in head.items()}
+
+
 def bank_patch(head, shape, rng):
     """A random ``shape`` patch of ``head`` centred on a mask voxel (zero-filled beyond the
     head), as a sample dict; the field and chi are zero outside the patch's mask."""
@@ -176,9 +182,12 @@ class HeadBankStream(CorruptedStream):
         super().__init__(config, **kwargs)
         if not 0.0 <= float(fraction) <= 1.0:
             raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-        self.heads = read_head_bank(bank) if isinstance(bank, (str, Path)) else list(bank)
-        if not self.heads:
+        heads = read_head_bank(bank) if isinstance(bank, (str, Path)) else list(bank)
+        if not heads:
             raise ValueError("bank holds no heads")
+        # kept cut to each mask's bounding box: the patches (zero-filled beyond the volume)
+        # are the same, in about a fifth less memory
+        self.heads = [_mask_cropped(h) for h in heads]
         self.fraction = float(fraction)
         self.patch_shape = tuple(int(s) for s in patch_shape)
 

@@ -32,10 +32,11 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
     around the current chi and replacing the L1 norm by the lazily re-weighted quadratic
     ``sum |M G dx|^2 / sqrt(|M G chi|^2 + epsilon)`` (per gradient component), solved by
     conjugate gradients (preconditioned in k-space here, see ``precondition``); the outer loop
-    stops when ``||dx|| / ||chi|| < tol`` or after ``max_iter`` iterations. Defaults are the toolbox's (10 outer / 100 CG iterations,
-    tolerances 0.1 and 0.01, epsilon 1e-6, edge fraction 0.9, no padding, lambda_CSF 100)
-    except ``lam`` (100, see below). The data weight is the toolbox's ``dataterm_mask``
-    (mode 1): ``1 / noise_std`` (or the magnitude) normalised to mean 1 in the mask.
+    stops when ``||dx|| / ||chi|| < tol`` or after ``max_iter`` iterations. Defaults are the
+    toolbox's (10 outer / 100 CG iterations, tolerances 0.1 and 0.01, epsilon 1e-6, edge
+    fraction 0.9, no padding, lambda_CSF 100) except ``lam`` (100, see below). The data weight
+    is the toolbox's ``dataterm_mask`` (mode 1): ``1 / noise_std`` (or the magnitude)
+    normalised to mean 1 in the mask.
 
     Units. The toolbox works on the field in radians accumulated over the echo spacing:
     ``f_rad = 2 pi * delta_te * gamma * B0 * 1e-6 * f_ppm`` with gamma = 42.577478 MHz/T
