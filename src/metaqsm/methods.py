@@ -32,6 +32,8 @@ __all__ = [
     "INVERSIONS",
     "BGREMOVALS",
     "DEFAULT_INVERSION",
+    "NETWORK_DEFAULT_INVERSION",
+    "PLAIN_DEFAULT_INVERSION",
     "DEFAULT_BGREMOVE",
     "inversion",
     "bgremoval",
@@ -370,6 +372,15 @@ INVERSIONS = {m.name: m for m in (
            "(learned steps; trained on fields with a real scan's imperfections)",
            inputs=("weights",), options=_NETWORK_OPTIONS[:3], shipped=("meta-unrolled",),
            preflight="dl.infer:check_network"),
+    Method("meta-hybrid", "dl.hybrid:invert_meta_hybrid", "network", "Meta-QSM 2 hybrid",
+           "Meta-QSM 2 (unrolled) for the coarse structure, a classical inversion's (MEDI's) "
+           "finer detail above a Gaussian split",
+           inputs=("weights", "magnitude", "noise_std"),
+           options=(Option("detail", "str", "classical inversion that supplies the detail",
+                           choices=("medi", "tv")),
+                    Option("sigma", "float", "the split's Gaussian standard deviation, voxels"),
+                    *_NETWORK_OPTIONS[:3]),
+           shipped=("meta-unrolled",), preflight="dl.infer:check_network"),
 )}
 
 _SMV = Option("smv", "str", "spherical-mean-value kernel", choices=("analytic", "voxel"))
@@ -405,10 +416,27 @@ BGREMOVALS = {m.name: m for m in (
                            positive=False))),
 )}
 
-DEFAULT_INVERSION = "tv"
-"""The inversion used when none is named (``metaqsm invert``, ``metaqsm run``): TV, the winner
-of the realistic suite (``metaqsm evaluate --suite realistic``, docs/results/realistic) and of the
-maintainers' real brain among the methods measured there (issue 15); iLSQR before."""
+NETWORK_DEFAULT_INVERSION = "meta-hybrid"
+"""The default inversion where torch is installed (``metaqsm[dl]``): the Meta-QSM 2 hybrid, the
+realistic suite's best on RMSE, HFEN and SSIM (``metaqsm evaluate --suite realistic``,
+docs/results/realistic, issue 16)."""
+
+PLAIN_DEFAULT_INVERSION = "tv"
+"""The default inversion of a plain install (no torch): TV, the realistic suite's best classical
+method and the best of the maintainers' real brain among the methods measured there (issue 15)."""
+
+
+def _networks_installed():
+    """Whether torch and safetensors can be imported (found, not imported: that takes seconds)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "safetensors"))
+
+
+DEFAULT_INVERSION = NETWORK_DEFAULT_INVERSION if _networks_installed() else PLAIN_DEFAULT_INVERSION
+"""The inversion used when none is named (``metaqsm invert``, ``metaqsm run``, ``metaqsm bids``):
+:data:`NETWORK_DEFAULT_INVERSION` where torch is installed, else :data:`PLAIN_DEFAULT_INVERSION`
+(the default must run on a plain install). TV before issue 16, iLSQR before issue 15."""
 
 DEFAULT_BGREMOVE = "resharp"
 """The background removal used when none is named (6 mm sphere, as the Meta-QSM paper)."""

@@ -24,7 +24,7 @@ _ALIASES = {"bids_dir": "BIDS_DIR", "output_dir": "OUTPUT_DIR", "root": "DIR",
 
 
 def register(subparsers):
-    from ..methods import BGREMOVALS, inversion_names
+    from ..methods import BGREMOVALS, PLAIN_DEFAULT_INVERSION, inversion_names
     from ..pipeline import DEFAULT_BGREMOVE, DEFAULT_FIT, DEFAULT_INVERSION, DEFAULT_UNWRAP
 
     p = _common.add_parser(
@@ -67,7 +67,8 @@ def register(subparsers):
                         "divided by the acquisitions running at once)")
     g = p.add_argument_group("pipeline")
     g.add_argument("--method", default=DEFAULT_INVERSION, metavar="NAME",
-                   help=f"dipole inversion: {', '.join(inversion_names())}")
+                   help=f"dipole inversion: {', '.join(inversion_names())} (without torch the "
+                   f"default is {PLAIN_DEFAULT_INVERSION})")
     g.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the inversion (repeatable), e.g. threshold=0.2")
     g.add_argument("--bgremove", default=DEFAULT_BGREMOVE, metavar="NAME",

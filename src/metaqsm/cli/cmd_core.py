@@ -17,7 +17,7 @@ import numpy as np
 
 from .._validate import as_mask, as_volume
 from ..io.derivatives import sidecar_path
-from ..methods import DEFAULT_INVERSION, INVERSIONS
+from ..methods import DEFAULT_INVERSION, INVERSIONS, PLAIN_DEFAULT_INVERSION
 from . import _common
 
 METRIC_KEYS = ("rmse", "nrmse_demeaned", "hfen", "ssim", "xsim", "correlation")
@@ -79,7 +79,8 @@ def register(subparsers):
     p.add_argument("--mask", required=True, help="brain mask, NIfTI (non-zero = inside)")
     p.add_argument("-o", "--output", required=True, help="output susceptibility map (.nii or .nii.gz)")
     p.add_argument("--method", default=DEFAULT_INVERSION, metavar="NAME",
-                   help=f"inversion method, one of: {', '.join(INVERSIONS)}")
+                   help=f"inversion method, one of: {', '.join(INVERSIONS)} (without torch the "
+                   f"default is {PLAIN_DEFAULT_INVERSION})")
     g = p.add_argument_group("method inputs and parameters (default: the method's own)")
     g.add_argument("--magnitude", default=None,
                    help="magnitude NIfTI, same grid as the field (" + ", ".join(

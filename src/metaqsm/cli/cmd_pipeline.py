@@ -47,6 +47,7 @@ def _add_options_arg(p, flag, what):
 
 
 def register(subparsers):
+    from ..methods import PLAIN_DEFAULT_INVERSION, inversion_names
     from ..pipeline import DEFAULT_BGREMOVE, DEFAULT_FIT, DEFAULT_INVERSION, DEFAULT_UNWRAP
 
     # ---- run
@@ -87,7 +88,8 @@ def register(subparsers):
                    help="background field removal: resharp, vsharp, sharp, pdf, lbv")
     _add_options_arg(p, "--bgremove-option", "background removal (e.g. radius=6)")
     p.add_argument("--method", default=DEFAULT_INVERSION, metavar="NAME",
-                   help="dipole inversion: tkd, tsvd, tikhonov, ilsqr, medi, tv, meta, mesa")
+                   help=f"dipole inversion: {', '.join(inversion_names())} (without torch the "
+                   f"default is {PLAIN_DEFAULT_INVERSION})")
     _add_options_arg(p, "--method-option", "inversion (e.g. threshold=0.2)")
     p.add_argument("--no-figure", action="store_true", help="do not write the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -146,7 +148,8 @@ def register(subparsers):
                    metavar=("X", "Y", "Z"), help="matrix size")
     p.add_argument("--voxel-size", type=float, nargs=3, default=list(DEFAULT_EXAMPLE_VOXEL),
                    metavar=("X", "Y", "Z"), help="voxel size in mm")
-    p.add_argument("--method", default=DEFAULT_INVERSION, metavar="NAME", help="dipole inversion")
+    p.add_argument("--method", default=DEFAULT_INVERSION, metavar="NAME",
+                   help=f"dipole inversion (without torch the default is {PLAIN_DEFAULT_INVERSION})")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _common.add_force_arg(p)

@@ -367,6 +367,10 @@ def invert_mesa(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), weights=None
                        refine_mu=refine_mu)
 
 
+_NETWORK_OF = {"meta-hybrid": "meta-unrolled"}
+"""Methods whose checkpoints hold another method's network (method name -> network name)."""
+
+
 def check_network(method, *, voxel_size, options):
     """Preflight of the network methods (:attr:`metaqsm.methods.Method.preflight`): everything
     that would otherwise fail after minutes of work, checked first.
@@ -390,9 +394,10 @@ def check_network(method, *, voxel_size, options):
         if not Path(weights).is_file():
             raise ValueError(f"weights: no such file: {weights}")
         name = read_checkpoint_info(weights).get("model")
-        if name != method.name:
+        needed = _NETWORK_OF.get(method.name, method.name)
+        if name != needed:
             raise ValueError(f"weights {weights} hold a {name!r} network, but method "
-                             f"{method.name!r} needs a {method.name!r} one")
+                             f"{method.name!r} needs a {needed!r} one")
         return
     if method.name == "mesa" and weights is None:
         name = _shipped_mesa_for(voxel_size)

@@ -202,8 +202,8 @@ def probe(spec):
             shipped_path(weights)
         elif weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"weights {weights} do not exist")
-        elif weights is None and spec.method in SHIPPED:
-            shipped_path(spec.method)
+        elif weights is None and len(method.shipped) == 1:  # one shipped model (Mesa: two)
+            shipped_path(method.shipped[0])
 
 
 def naive_interpolation(func, field, mask, *, voxel_size, b0_dir, target_voxel_size, **kwargs):

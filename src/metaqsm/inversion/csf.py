@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._filters import masked_lowpass
 from .._validate import as_mask, as_positive, as_volume, as_voxel_size
 from . import _common
 
@@ -84,11 +85,8 @@ def csf_mask(mask, *, voxel_size, r2star=None, magnitude=None, r2star_threshold=
             return np.zeros(m.shape, bool)
         # the receive profile makes the surface bright: divide by the magnitude's local mean
         # in the mask (Gaussian, sigma 20 mm), which keeps CSF bright against its neighbours
-        sigma = 20.0 / vsz
-        mw = np.where(m, mag, 0.0).astype(np.float32)
-        local = ndi.gaussian_filter(mw, sigma) / np.maximum(
-            ndi.gaussian_filter(m.astype(np.float32), sigma), 1e-6)
-        mag = np.where(m, mw / np.maximum(local, 1e-12), 0.0).astype(np.float32)
+        local = masked_lowpass(mag, m, 20.0 / vsz)
+        mag = np.where(m, mag / np.maximum(local, 1e-12), 0.0).astype(np.float32)
         from skimage.filters import threshold_multiotsu
 
         # three classes (white matter, grey matter, CSF): CSF is the brightest
