@@ -138,11 +138,14 @@ def test_invert_tkd_matches_library_with_sidecar(data, tmp_path, capsys):
 def test_invert_default_method(data, tmp_path, capsys):
     assert DEFAULT_METHOD in METHODS
     out = tmp_path / "chi.nii.gz"
+    # the default is meta-hybrid with torch (here with TV's detail: seconds), TV without
+    option, key, value = (["--detail", "tv"], "detail", "tv") if DEFAULT_METHOD == "meta-hybrid" \
+        else (["--max-iter", "5"], "max_iter", 5)
     assert main(["invert", data["field_path"], "--mask", data["mask_path"], "-o", str(out),
-                 "--max-iter", "5"]) == 0
+                 *option]) == 0
     side = json.loads(sidecar_path(out).read_text())
     assert side["Method"] == DEFAULT_METHOD
-    assert side["Parameters"]["max_iter"] == 5
+    assert side["Parameters"][key] == value
 
 
 def test_invert_refuses_options_the_method_does_not_take(data, tmp_path, capsys):
