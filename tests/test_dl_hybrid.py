@@ -65,6 +65,8 @@ def test_meta_hybrid_checks_before_any_work(monkeypatch):
         hybrid.invert_meta_hybrid(f, m, voxel_size=(1, 1, 1), sigma=-1.0)
     with pytest.raises(ValueError, match="mask"):
         hybrid.invert_meta_hybrid(f, m[:-1], voxel_size=(1, 1, 1))
+    with pytest.raises(ValueError, match="magnitude must have the field's shape"):
+        hybrid.invert_meta_hybrid(f, m, voxel_size=(1, 1, 1), magnitude=f[:-1])
 
 
 def test_meta_hybrid_registered_and_cli_errors(tmp_path, capsys):

@@ -149,7 +149,8 @@ def register(subparsers):
     p.add_argument("--voxel-size", type=float, nargs=3, default=list(DEFAULT_EXAMPLE_VOXEL),
                    metavar=("X", "Y", "Z"), help="voxel size in mm")
     p.add_argument("--method", default=DEFAULT_INVERSION, metavar="NAME",
-                   help=f"dipole inversion (without torch the default is {PLAIN_DEFAULT_INVERSION})")
+                   help="dipole inversion (without torch the default is "
+                   f"{PLAIN_DEFAULT_INVERSION})")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _common.add_force_arg(p)
