@@ -51,14 +51,9 @@ def invert_meta_hybrid(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magni
 
     Parameters
     ----------
-    field : (X, Y, Z) array
-        Local field in ppm.
-    mask : (X, Y, Z) array
-        Brain mask.
-    voxel_size : 3 floats
-        Voxel size in mm.
-    b0_dir : 3 floats
-        B0 direction in voxel coordinates (default: the third axis).
+    field, mask, voxel_size, b0_dir
+        As every inversion: local field (ppm), brain mask, voxel size (mm), B0 direction in voxel
+        coordinates (default: the third axis).
     magnitude : (X, Y, Z) array, optional
         Magnitude image, for MEDI's edge weights (``detail="medi"``; ignored by TV).
     noise_std : (X, Y, Z) array, optional
