@@ -27,7 +27,7 @@ meta-unrolled) without a shipped model are reported as "not available" instead o
 
 
 def register(subparsers):
-    from ..evaluate.suites import SUITES
+    from ..evaluate.suites import SUITES, USER_METHODS
 
     p = add_parser(subparsers, "evaluate", help="evaluate inversions: paper tables, figures, report",
                    description=DESCRIPTION)
@@ -45,8 +45,8 @@ def register(subparsers):
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder")
     p.add_argument("--methods", nargs="+", metavar="NAME", default=None,
                    help="methods to compare: registered inversions, and meta+dc (Meta-QSM "
-                        "followed by its data-consistency refinement) (default: the suite's; tkd "
-                        "ilsqr medi tv meta meta+dc for a user case)")
+                        "followed by its data-consistency refinement) (default: the suite's; for "
+                        f"a user case {' '.join(USER_METHODS)})")
     p.add_argument("--n", type=int, default=None, help="at most N volumes per test set (default: all)")
     p.add_argument("--figure-cases", type=int, default=1, metavar="N",
                    help="slice figures of the first N volumes of each table")
