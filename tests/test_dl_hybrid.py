@@ -59,8 +59,10 @@ def test_meta_hybrid_checks_before_any_work(monkeypatch):
     monkeypatch.setattr(unrolled, "invert_meta_unrolled", boom)
     m = _blob_mask()
     f = np.zeros(m.shape, np.float32)
-    with pytest.raises(ValueError, match="detail must be one of medi, tv, got 'ilsqr'"):
+    with pytest.raises(ValueError, match="detail must be one of medi, tv, wtv, got 'ilsqr'"):
         hybrid.invert_meta_hybrid(f, m, voxel_size=(1, 1, 1), detail="ilsqr")
+    with pytest.raises(ValueError, match="detail 'wtv' needs magnitude"):
+        hybrid.invert_meta_hybrid(f, m, voxel_size=(1, 1, 1), detail="wtv")
     with pytest.raises(ValueError, match="sigma must be positive"):
         hybrid.invert_meta_hybrid(f, m, voxel_size=(1, 1, 1), sigma=-1.0)
     with pytest.raises(ValueError, match="mask"):

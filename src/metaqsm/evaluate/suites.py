@@ -94,8 +94,8 @@ QUICK_SEED = 0
 # Realistic suite (issue 15): whole-head acquisitions with the imperfections of real scans,
 # processed by the pipeline (metaqsm.simulate.realistic). Methods as a user runs them: their
 # defaults. Never the FANSI phantom or the paper's test sets.
-REALISTIC_METHODS = ("tkd", "ilsqr", "medi", "medi-1000", "tv", "rts", "ndi", "nltv", "meta",
-                     "meta+dc", "meta-unrolled", "meta-hybrid")
+REALISTIC_METHODS = ("tkd", "ilsqr", "medi", "medi-1000", "tv", "wtv", "rts", "ndi", "nltv",
+                     "meta", "meta+dc", "meta-unrolled", "meta-hybrid")
 REALISTIC_SEED = 2026
 
 # The real in-vivo brain the maintainers keep (3 T, 1.06 mm, COSMOS reference): RMSE (%) of the

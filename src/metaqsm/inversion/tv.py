@@ -10,7 +10,7 @@ from .._validate import as_positive
 from ..kernels import dipole_kernel, gradient_kernel_sq
 from . import _common
 
-__all__ = ["tv"]
+__all__ = ["tv", "wtv"]
 
 
 def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, tol=1e-3,
@@ -78,6 +78,76 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     """
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
     box, shape0, f, m, _ = _common.crop_to_mask(f, m, crop)
+    x = _admm(f, vsz, b, lam=lam, rho=rho, tol=tol, max_iter=max_iter, pad=pad,
+              progress=progress, name="tv")
+    return _common.uncrop(np.multiply(crop_volume(x, f.shape), m, dtype=np.float32), box, shape0)
+
+
+def wtv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, lam=3e-3,
+        edge_fraction=0.9, rho=None, tol=1e-3, max_iter=250, pad=0, crop=True, progress=False):
+    """Weighted total variation: TV without a penalty across the magnitude image's edges.
+
+    Minimises ``1/2 ||D chi - f||^2 + lam ||M_G grad chi||_1`` by the ADMM of :func:`tv`, where
+    ``M_G`` is MEDI's binary gradient mask of the magnitude
+    (:func:`metaqsm.inversion.medi.gradient_mask`: 0 on the ``edge_fraction`` x N largest
+    components of the magnitude's gradient, 1 elsewhere): the morphology prior of MEDI with TV's
+    linear data term and closed-form k-space step (FANSI's weighted TV). The weight only changes
+    the soft threshold (``lam M_G / rho`` per component), so an iteration costs what TV's does.
+
+    Parameters
+    ----------
+    field, mask, voxel_size, b0_dir, rho, tol, max_iter, pad, crop, progress
+        As :func:`tv`.
+    magnitude : (X, Y, Z) or (X, Y, Z, echoes) array
+        Magnitude image on the field's grid (echoes combined by root-sum-of-squares). Required:
+        without it the method is :func:`tv`.
+    lam : float
+        TV weight in ppm mm. Default 3e-3, chosen on the realistic validation heads (seed 1),
+        where it scored better than 2e-3 and 5e-3 on RMSE and HFEN
+        (docs/inversion.md, "Weighted TV").
+    edge_fraction : float
+        Number of gradient components marked as edges, as a fraction of the mask's voxels
+        (MEDI's ``percentage``). Default 0.9.
+
+    Returns
+    -------
+    chi : (X, Y, Z) float32 array, ppm, zero outside the mask.
+
+    Raises
+    ------
+    ValueError
+        No ``magnitude``, one of another shape or negative, or the arguments :func:`tv` refuses
+        (all before any work).
+
+    References
+    ----------
+    Liu J, Liu T, de Rochefort L, et al. Morphology enabled dipole inversion for quantitative
+    susceptibility mapping using structural consistency between the magnitude image and the
+    susceptibility map. Neuroimage 2012;59:2560-2568. Milovic C, Bilgic B, Zhao B,
+    Acosta-Cabronero J, Tejos C. Fast nonlinear susceptibility inversion with variational
+    regularization. Magn Reson Med 2018;80:814-821 (FANSI).
+    """
+    from .medi import gradient_mask
+
+    f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
+    if magnitude is None:
+        raise ValueError("wtv needs magnitude (its edges set the weights); without one use tv")
+    mag = _common.check_magnitude(magnitude, f.shape)
+    edge_fraction = as_positive(edge_fraction, "edge_fraction")
+    as_positive(lam, "lam")
+    box, shape0, f, m, (mag,) = _common.crop_to_mask(f, m, crop, magnitude=mag)
+    shape = padded_shape(f.shape, pad)
+    weights = np.ones((3,) + shape, np.float32)  # the padding: no edges
+    weights[(slice(None),) + tuple(slice(0, n) for n in f.shape)] = gradient_mask(
+        mag, m, voxel_size=vsz, edge_fraction=edge_fraction)
+    x = _admm(f, vsz, b, lam=lam, rho=rho, tol=tol, max_iter=max_iter, pad=pad,
+              progress=progress, name="wtv", weights=weights)
+    return _common.uncrop(np.multiply(crop_volume(x, f.shape), m, dtype=np.float32), box, shape0)
+
+
+def _admm(f, vsz, b, *, lam, rho, tol, max_iter, pad, progress, name, weights=None):
+    """The ADMM of :func:`tv` on the (cut) field ``f``; ``weights`` (3, *padded shape) scale
+    the soft threshold per gradient component. Returns chi on the padded grid."""
     lam = as_positive(lam, "lam")
     rho = 100.0 * lam if rho is None else as_positive(rho, "rho")
     tol = _common.check_tol(tol)
@@ -99,6 +169,8 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     del iA
 
     thr = np.float32(lam / rho)
+    if weights is not None:
+        thr = thr * weights
     u = np.zeros((3,) + shape, np.float32)
     d = np.empty((3,) + shape, np.float32)
     gradient(x, voxel_size=vsz, out=d)  # z - u at the start: the gradient of the initial guess (f)
@@ -106,7 +178,7 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     tmp = np.empty(shape, np.float32)
     tmp2 = np.empty(shape, np.float32)
 
-    bar = _common.progress_bar(max_iter, progress, "tv")
+    bar = _common.progress_bar(max_iter, progress, name)
     try:
         for _ in range(max_iter):
             x, x0 = x0, x
@@ -117,4 +189,5 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     finally:
         bar.close()
 
-    return _common.uncrop(np.multiply(crop_volume(x, f.shape), m, dtype=np.float32), box, shape0)
+    return x
+
