@@ -429,12 +429,15 @@ BGREMOVALS = {m.name: m for m in (
 
 NETWORK_DEFAULT_INVERSION = "meta-hybrid"
 """The default inversion where torch is installed (``metaqsm[dl]``): the Meta-QSM 2 hybrid, the
-realistic suite's best on RMSE, HFEN and SSIM (``metaqsm evaluate --suite realistic``,
-docs/results/realistic, issue 16)."""
+realistic suite's best on RMSE and SSIM (``metaqsm evaluate --suite realistic``,
+docs/results/realistic, issue 16); made the default when it led on HFEN too, before weighted TV
+(``wtv``, 1.5 points better on HFEN) joined the suite."""
 
 PLAIN_DEFAULT_INVERSION = "tv"
-"""The default inversion of a plain install (no torch): TV, the realistic suite's best classical
-method and the best of the maintainers' real brain among the methods measured there (issue 15)."""
+"""The default inversion of a plain install (no torch): TV, the best of the maintainers' real
+brain among the methods measured there (issue 15). Weighted TV (``wtv``) scores better on the
+realistic suite but needs the magnitude, which ``metaqsm invert`` may not have, and has not been
+measured on a real brain."""
 
 
 def _networks_installed():
