@@ -14,10 +14,7 @@ import pytest
 from metaqsm.cli import main
 from metaqsm.inversion.tv import tv, wtv
 from metaqsm.kernels import forward_field
-
-
-def rmse(x, truth, mask):
-    return 100.0 * float(np.linalg.norm((x - truth)[mask]) / np.linalg.norm(truth[mask]))
+from metaqsm.metrics import rmse
 
 
 @pytest.fixture(scope="module")
