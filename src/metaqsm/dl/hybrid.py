@@ -76,8 +76,7 @@ def invert_meta_hybrid(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magni
 
     Returns
     -------
-    chi : (X, Y, Z) float32 array
-        Susceptibility in ppm, zero outside the mask.
+    chi : (X, Y, Z) float32 array, ppm: the merged map, zero outside the mask.
 
     Raises
     ------
