@@ -102,9 +102,9 @@ def wtv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, lam=
         Magnitude image on the field's grid (echoes combined by root-sum-of-squares). Required:
         without it the method is :func:`tv`.
     lam : float
-        TV weight in ppm mm. Default 3e-3, chosen on the realistic validation heads (seed 1),
-        where it scored better than 2e-3 and 5e-3 on RMSE and HFEN
-        (docs/inversion.md, "Weighted TV").
+        TV weight in ppm mm. Default 3e-3, chosen on the realistic validation heads (seed 1):
+        the best SSIM of 2e-3, 3e-3 and 5e-3 (5e-3 has the lower RMSE, by 1.6-2.9 points;
+        docs/inversion.md, "Weighted TV").
     edge_fraction : float
         Number of gradient components marked as edges, as a fraction of the mask's voxels
         (MEDI's ``percentage``). Default 0.9.
