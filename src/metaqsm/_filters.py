@@ -27,7 +27,7 @@ def masked_lowpass(x, mask, sigma):
     (X, Y, Z) float32 array.
     """
     m = np.asarray(mask, bool)
-    mf = m.astype(np.float32)
-    num = ndi.gaussian_filter(np.where(m, x, 0.0).astype(np.float32), sigma)
-    den = ndi.gaussian_filter(mf, sigma)
-    return np.where(m, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+    num = ndi.gaussian_filter(np.multiply(x, m, dtype=np.float32), sigma)
+    den = ndi.gaussian_filter(m.astype(np.float32), sigma)
+    num /= np.maximum(den, 1e-6)
+    return np.multiply(num, m, dtype=np.float32)

@@ -18,11 +18,12 @@ import numpy as np
 
 from .._filters import masked_lowpass
 from .._validate import as_field_inputs, as_positive, as_volume
+from ..methods import INVERSIONS
 
 __all__ = ["DETAIL_METHODS", "invert_meta_hybrid", "merge_bands"]
 
-DETAIL_METHODS = ("medi", "tv", "wtv")
-"""Classical inversions that may supply the detail (names in :data:`metaqsm.methods.INVERSIONS`)."""
+DETAIL_METHODS = INVERSIONS["meta-hybrid"].option("detail").choices
+"""Classical inversions that may supply the detail: the registry's choices of ``detail``."""
 
 
 def merge_bands(coarse, fine, mask, *, sigma):
@@ -34,9 +35,11 @@ def merge_bands(coarse, fine, mask, *, sigma):
     """
     m = np.asarray(mask, bool)
     sigma = as_positive(sigma, "sigma")
-    out = masked_lowpass(coarse, m, sigma) + np.asarray(fine, np.float32) \
-        - masked_lowpass(fine, m, sigma)
-    return np.where(m, out, 0.0).astype(np.float32)
+    fine = np.asarray(fine, np.float32)
+    # L is linear in the map (the mask is fixed): L(coarse) - L(fine) = L(coarse - fine)
+    out = masked_lowpass(np.subtract(coarse, fine, dtype=np.float32), m, sigma)
+    out += fine
+    return np.multiply(out, m, dtype=np.float32)
 
 
 def invert_meta_hybrid(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None,
@@ -85,6 +88,7 @@ def invert_meta_hybrid(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magni
         ``magnitude`` / ``noise_std`` are not on the field's grid (all before any work); as the
         network and the classical method for their inputs.
     """
+    from ..inversion._common import check_magnitude
     from ..methods import inversion
     from .unrolled import invert_meta_unrolled
 
@@ -95,9 +99,13 @@ def invert_meta_hybrid(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magni
     if detail == "wtv" and magnitude is None:
         raise ValueError("detail 'wtv' needs magnitude (its edges set the weights)")
     for name, x in (("magnitude", magnitude), ("noise_std", noise_std)):
-        if x is not None and as_volume(x, name).shape != field.shape:
+        if x is not None and np.shape(x)[:3] != field.shape:  # echoes may follow (magnitude)
             raise ValueError(f"{name} must have the field's shape {field.shape}, got "
                              f"{np.shape(x)}")
+    if magnitude is not None:  # echoes combined as MEDI does, once for both parts
+        magnitude = check_magnitude(magnitude, field.shape)
+    if noise_std is not None:
+        noise_std = as_volume(noise_std, "noise_std")
     geometry = {"voxel_size": voxel_size, "b0_dir": b0_dir}
     coarse = invert_meta_unrolled(field, m, weights=weights, device=device, tile=tile, **geometry)
     method = inversion(detail)

@@ -78,7 +78,7 @@ def tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), lam=1e-3, rho=None, t
     """
     f, m, vsz, b = _common.check_inputs(field, mask, voxel_size, b0_dir)
     box, shape0, f, m, _ = _common.crop_to_mask(f, m, crop)
-    x = _admm(f, vsz, b, lam=lam, rho=rho, tol=tol, max_iter=max_iter, pad=pad,
+    x = _admm(f, vsz, b, *_admm_parameters(lam, rho, tol, max_iter), pad=pad,
               progress=progress, name="tv")
     return _common.uncrop(np.multiply(crop_volume(x, f.shape), m, dtype=np.float32), box, shape0)
 
@@ -134,24 +134,28 @@ def wtv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, lam=
         raise ValueError("wtv needs magnitude (its edges set the weights); without one use tv")
     mag = _common.check_magnitude(magnitude, f.shape)
     edge_fraction = as_positive(edge_fraction, "edge_fraction")
-    as_positive(lam, "lam")
+    params = _admm_parameters(lam, rho, tol, max_iter)
     box, shape0, f, m, (mag,) = _common.crop_to_mask(f, m, crop, magnitude=mag)
+    weights = gradient_mask(mag, m, voxel_size=vsz, edge_fraction=edge_fraction)
     shape = padded_shape(f.shape, pad)
-    weights = np.ones((3,) + shape, np.float32)  # the padding: no edges
-    weights[(slice(None),) + tuple(slice(0, n) for n in f.shape)] = gradient_mask(
-        mag, m, voxel_size=vsz, edge_fraction=edge_fraction)
-    x = _admm(f, vsz, b, lam=lam, rho=rho, tol=tol, max_iter=max_iter, pad=pad,
-              progress=progress, name="wtv", weights=weights)
+    if shape != f.shape:  # the padding: no edges
+        weights = np.pad(weights, [(0, 0)] + [(0, p - n) for p, n in zip(shape, f.shape)],
+                         constant_values=1.0)
+    x = _admm(f, vsz, b, *params, pad=pad, progress=progress, name="wtv", weights=weights)
     return _common.uncrop(np.multiply(crop_volume(x, f.shape), m, dtype=np.float32), box, shape0)
 
 
-def _admm(f, vsz, b, *, lam, rho, tol, max_iter, pad, progress, name, weights=None):
-    """The ADMM of :func:`tv` on the (cut) field ``f``; ``weights`` (3, *padded shape) scale
-    the soft threshold per gradient component. Returns chi on the padded grid."""
+def _admm_parameters(lam, rho, tol, max_iter):
+    """``(lam, rho, tol, max_iter)`` checked, ``rho`` defaulting to ``100 lam``."""
     lam = as_positive(lam, "lam")
     rho = 100.0 * lam if rho is None else as_positive(rho, "rho")
-    tol = _common.check_tol(tol)
-    max_iter = _common.check_max_iter(max_iter)
+    return lam, rho, _common.check_tol(tol), _common.check_max_iter(max_iter)
+
+
+def _admm(f, vsz, b, lam, rho, tol, max_iter, *, pad, progress, name, weights=None):
+    """The ADMM of :func:`tv` on the (cut) field ``f`` with checked parameters
+    (:func:`_admm_parameters`); ``weights`` (3, *padded shape; scaled in place) scale the soft
+    threshold per gradient component. Returns chi on the padded grid."""
 
     shape = padded_shape(f.shape, pad)
     D = dipole_kernel(shape, voxel_size=vsz, b0_dir=b)
@@ -170,7 +174,8 @@ def _admm(f, vsz, b, *, lam, rho, tol, max_iter, pad, progress, name, weights=No
 
     thr = np.float32(lam / rho)
     if weights is not None:
-        thr = thr * weights
+        weights *= thr
+        thr = weights
     u = np.zeros((3,) + shape, np.float32)
     d = np.empty((3,) + shape, np.float32)
     gradient(x, voxel_size=vsz, out=d)  # z - u at the start: the gradient of the initial guess (f)
