@@ -37,6 +37,7 @@ __all__ = [
     "smv_kernel",
     "laplacian_kernel",
     "gradient_kernel_sq",
+    "gaussian_kernel",
     "forward_field",
     "padded_shape",
     "pad_volume",
@@ -236,6 +237,20 @@ def laplacian_kernel(shape, *, voxel_size, rfft=True, dtype=np.float32):
 def gradient_kernel_sq(shape, *, voxel_size, rfft=True, dtype=np.float32):
     """|G(k)|^2 of the forward-difference gradient: the negative of :func:`laplacian_kernel`."""
     return -laplacian_kernel(shape, voxel_size=voxel_size, rfft=rfft, dtype=dtype)
+
+
+def gaussian_kernel(shape, *, voxel_size, sigma, rfft=True, dtype=np.float32):
+    """Spectrum of a Gaussian blur of standard deviation ``sigma`` mm (one value or one per
+    axis): ``exp(-2 pi^2 sum_i sigma_i^2 k_i^2)``, k in cycles/mm. Real, 1 at k = 0; the
+    convolution is periodic on the FFT grid."""
+    vsz = as_voxel_size(voxel_size)
+    sig = np.broadcast_to(np.asarray(sigma, float), (3,))
+    if not np.all(np.isfinite(sig)) or np.any(sig < 0):
+        raise ValueError(f"sigma must be non-negative mm, got {sigma!r}")
+    e = 0.0
+    for k, s in zip(kspace_coordinates(shape, vsz, rfft=rfft), sig):
+        e = e + (s * k) ** 2
+    return np.exp(-2.0 * np.pi ** 2 * e).astype(dtype)
 
 
 class DipoleOperator:

@@ -392,6 +392,17 @@ INVERSIONS = {m.name: m for m in (
                     Option("sigma", "float", "the split's Gaussian standard deviation, voxels"),
                     *_NETWORK_OPTIONS[:3]),
            shipped=("meta-unrolled",), preflight="dl.infer:check_network"),
+    Method("meta-tv", "dl.hybrid:invert_meta_tv", "network", "Meta-QSM 2 + TV",
+           "weighted TV (the magnitude's edges) with the Meta-QSM 2 network's map as the prior "
+           "of its coarse structure",
+           inputs=("weights", "magnitude"),
+           options=(Option("lam", "float", "TV weight, ppm mm (default 3e-3 with a magnitude, "
+                           "1e-3 without)", flag="--lambda"),
+                    Option("prior_weight", "float", "weight of the network's prior"),
+                    Option("prior_sigma", "float", "scale below which the network is trusted, "
+                           "mm"),
+                    *_NETWORK_OPTIONS[:3]),
+           shipped=("meta-unrolled",), preflight="dl.infer:check_network"),
 )}
 
 _SMV = Option("smv", "str", "spherical-mean-value kernel", choices=("analytic", "voxel"))

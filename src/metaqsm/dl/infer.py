@@ -367,7 +367,7 @@ def invert_mesa(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), weights=None
                        refine_mu=refine_mu)
 
 
-_NETWORK_OF = {"meta-hybrid": "meta-unrolled"}
+_NETWORK_OF = {"meta-hybrid": "meta-unrolled", "meta-tv": "meta-unrolled"}
 """Methods whose checkpoints hold another method's network (method name -> network name)."""
 
 

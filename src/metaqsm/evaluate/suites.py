@@ -52,7 +52,7 @@ PAPER_PARAMS = {
 
 PAPER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta", "meta+dc")
 QUICK_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
-USER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta", "meta+dc", "meta-unrolled", "meta-hybrid")
+USER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta", "meta+dc", "meta-unrolled", "meta-hybrid", "meta-tv")
 
 # The two Mesa-QSM resolutions of the paper (section 3.2), mm.
 MESA_RESOLUTIONS = {
@@ -95,7 +95,7 @@ QUICK_SEED = 0
 # processed by the pipeline (metaqsm.simulate.realistic). Methods as a user runs them: their
 # defaults. Never the FANSI phantom or the paper's test sets.
 REALISTIC_METHODS = ("tkd", "ilsqr", "medi", "medi-1000", "tv", "wtv", "rts", "ndi", "nltv",
-                     "meta", "meta+dc", "meta-unrolled", "meta-hybrid")
+                     "meta", "meta+dc", "meta-unrolled", "meta-hybrid", "meta-tv")
 REALISTIC_SEED = 2026
 
 # The real in-vivo brain the maintainers keep (3 T, 1.06 mm, COSMOS reference): RMSE (%) of the
