@@ -138,9 +138,9 @@ def test_invert_tkd_matches_library_with_sidecar(data, tmp_path, capsys):
 def test_invert_default_method(data, tmp_path, capsys):
     assert DEFAULT_METHOD in METHODS
     out = tmp_path / "chi.nii.gz"
-    # the default is meta-hybrid with torch (here with TV's detail: seconds), TV without
-    option, key, value = (["--detail", "tv"], "detail", "tv") if DEFAULT_METHOD == "meta-hybrid" \
-        else (["--max-iter", "5"], "max_iter", 5)
+    # the default is meta-tv with torch, TV without
+    option, key, value = (["--prior-weight", "2"], "prior_weight", 2.0) \
+        if DEFAULT_METHOD == "meta-tv" else (["--max-iter", "5"], "max_iter", 5)
     assert main(["invert", data["field_path"], "--mask", data["mask_path"], "-o", str(out),
                  *option]) == 0
     side = json.loads(sidecar_path(out).read_text())

@@ -137,14 +137,14 @@ def test_shipped_meta_hybrid_beats_its_parts_on_quick_realistic_cases():
     assert hfen < min(mean["medi"][1], mean["tv"][1]) - 5.0
 
 
-def test_default_inversion_is_the_hybrid_where_torch_is_installed(monkeypatch):
-    pytest.importorskip("torch", reason="the hybrid runs the unrolled network (pip install .[dl])")
+def test_default_inversion_is_meta_tv_where_torch_is_installed(monkeypatch):
+    pytest.importorskip("torch", reason="meta-tv runs the unrolled network (pip install .[dl])")
     import importlib.util
 
     from metaqsm import methods
 
     assert methods._networks_installed()
-    assert methods.DEFAULT_INVERSION == methods.NETWORK_DEFAULT_INVERSION == "meta-hybrid"
+    assert methods.DEFAULT_INVERSION == methods.NETWORK_DEFAULT_INVERSION == "meta-tv"
     assert methods.PLAIN_DEFAULT_INVERSION == "tv"
     assert not methods.inversion(methods.PLAIN_DEFAULT_INVERSION).is_network
     real = importlib.util.find_spec

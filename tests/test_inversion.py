@@ -242,6 +242,11 @@ def test_medi_gradient_mask_edge_fraction():
         # the edges are the largest gradient components
         g = np.abs(gradient(img * mask, voxel_size=(1, 1, 1)))
         assert g[wg == 0].min() >= g[wg == 1].max()
+    # more edges asked for than there are non-zero components: all of them, and nothing else
+    g = np.abs(gradient(img * mask, voxel_size=(1, 1, 1)))
+    assert 4 * mask.sum() > np.count_nonzero(g)
+    wg = gradient_mask(img, mask, voxel_size=(1, 1, 1), edge_fraction=4.0)
+    np.testing.assert_array_equal(wg == 0, g > 0)
 
 
 def test_medi_data_weight():

@@ -460,5 +460,12 @@ def gradient_mask(image, mask, *, voxel_size, edge_fraction=0.9):
         return np.ones_like(g)
     if k >= flat.size:
         return np.zeros_like(g)
-    level = np.partition(flat, flat.size - k - 1)[flat.size - k - 1]  # k values lie above it
+    # the level with k values above it, taken among the non-zero values only: the zeros (most
+    # of the grid outside the mask) sort first, and introselect slows badly on so many equal
+    # values (1.9 s against 0.03 s on a 256 x 256 x 64 brain); the level is the same
+    pos = flat[flat > 0]
+    if k >= pos.size:
+        level = 0.0  # every non-zero component is an edge
+    else:
+        level = np.partition(pos, pos.size - k - 1)[pos.size - k - 1]
     return (g <= level).astype(np.float32)
