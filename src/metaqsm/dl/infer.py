@@ -367,8 +367,16 @@ def invert_mesa(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), weights=None
                        refine_mu=refine_mu)
 
 
-_NETWORK_OF = {"meta-hybrid": "meta-unrolled", "meta-tv": "meta-unrolled"}
-"""Methods whose checkpoints hold another method's network (method name -> network name)."""
+def _network_name(method):
+    """The network a checkpoint for ``method`` must hold: that of its first shipped model (read
+    from the model's metadata: ``meta-unrolled`` for ``meta-hybrid`` and ``meta-tv``, ``mesa``
+    for the Mesa-QSM models), or the method's name where none is installed."""
+    from .registry import read_checkpoint_info, shipped_path
+
+    try:
+        return read_checkpoint_info(shipped_path(method.shipped[0]))["model"]
+    except (IndexError, FileNotFoundError, ValueError):
+        return method.name
 
 
 def check_network(method, *, voxel_size, options):
@@ -394,7 +402,7 @@ def check_network(method, *, voxel_size, options):
         if not Path(weights).is_file():
             raise ValueError(f"weights: no such file: {weights}")
         name = read_checkpoint_info(weights).get("model")
-        needed = _NETWORK_OF.get(method.name, method.name)
+        needed = _network_name(method)
         if name != needed:
             raise ValueError(f"weights {weights} hold a {name!r} network, but method "
                              f"{method.name!r} needs a {needed!r} one")

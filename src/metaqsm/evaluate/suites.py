@@ -52,7 +52,8 @@ PAPER_PARAMS = {
 
 PAPER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta", "meta+dc")
 QUICK_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta")
-USER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta", "meta+dc", "meta-unrolled", "meta-hybrid", "meta-tv")
+USER_METHODS = ("tkd", "ilsqr", "medi", "tv", "meta", "meta+dc", "meta-unrolled", "meta-hybrid",
+                "meta-tv")
 
 # The two Mesa-QSM resolutions of the paper (section 3.2), mm.
 MESA_RESOLUTIONS = {

@@ -263,7 +263,7 @@ def _admm(f, vsz, b, lam, rho, tol, max_iter, *, pad, progress, name, weights=No
         thr = weights
     u = np.zeros((3,) + shape, np.float32)
     d = np.empty((3,) + shape, np.float32)
-    gradient(x, voxel_size=vsz, out=d)  # z - u at the start: the gradient of the initial guess (f or the prior)
+    gradient(x, voxel_size=vsz, out=d)  # z - u at the start: the initial guess's gradient
     x0 = np.empty(shape, np.float32)
     tmp = np.empty(shape, np.float32)
     tmp2 = np.empty(shape, np.float32)
