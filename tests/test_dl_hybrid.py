@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -210,6 +212,9 @@ def test_meta_tv_registered_and_cli(tmp_path, capsys):
         assert main(base + extra + ["-o", str(out)]) == 0, capsys.readouterr().err
         chi = np.asarray(nib.load(out).dataobj)
         assert chi.shape == mask.shape and np.all(np.isfinite(chi)) and np.all(chi[~mask] == 0)
+        # without a magnitude the TV is unweighted, and the sidecar says so
+        warned = json.loads(out.with_name(f"chi-{name}.json").read_text())["Warnings"]
+        assert any("without a magnitude" in w for w in warned) == (name == "plain"), warned
 
 
 @pytest.mark.slow

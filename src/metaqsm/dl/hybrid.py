@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._filters import masked_lowpass
-from .._validate import as_field_inputs, as_positive, as_volume
+from .._validate import as_field_inputs, as_positive, as_volume, warn
 from ..methods import INVERSIONS
 
 __all__ = ["DETAIL_METHODS", "invert_meta_hybrid", "invert_meta_tv", "merge_bands"]
@@ -137,7 +137,7 @@ def invert_meta_tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
         coordinates (default: the third axis).
     magnitude : (X, Y, Z) or (X, Y, Z, echoes) array, optional
         Magnitude image for the TV's edge weights. Without it the TV is unweighted (and its
-        default ``lam`` TV's); the realistic heads score better with it.
+        default ``lam`` TV's), with a warning: the realistic heads score better with it.
     lam : float or None
         TV weight in ppm mm. Default 3e-3 with a magnitude, 1e-3 without.
     prior_weight : float
@@ -176,6 +176,10 @@ def invert_meta_tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
         lam = as_positive(lam, "lam")
     prior_weight = as_positive(prior_weight, "prior_weight")
     prior_sigma = as_positive(prior_sigma, "prior_sigma")
+    if magnitude is None:
+        warn("meta-tv without a magnitude: its TV is unweighted (lambda 1e-3), 2-4 points of RMSE "
+             "worse on the validation heads; give the magnitude (--magnitude) for the edge "
+             "weights")
     geometry = {"voxel_size": voxel_size, "b0_dir": b0_dir}
     prior = invert_meta_unrolled(field, m, weights=weights, device=device, tile=tile, **geometry)
     return prior_tv(field, m, prior, magnitude=magnitude, lam=lam, prior_weight=prior_weight,
