@@ -129,7 +129,7 @@ def test_medi_half_spectrum_dot_is_parseval(n_last):
 
 def test_medi_preconditioned_cg_solves_the_same_steps():
     """The k-space preconditioned CG (default) and the toolbox's plain CG, both run to a tight
-    tolerance, give the same Gauss-Newton steps (maps within 1e-3, float32), with and without
+    tolerance, give the same Gauss-Newton steps (maps within 1e-4, float32), with and without
     the MEDI+0 CSF term, in one thread and in slabs; at the default tolerance the preconditioned
     one needs fewer iterations."""
     from metaqsm import _parallel
@@ -146,7 +146,12 @@ def test_medi_preconditioned_cg_solves_the_same_steps():
     for name, extra in (("plain", {}), ("csf", {"csf": csf})):
         plain = medi(f, ph.mask, precondition=False, **tight, **extra)
         maps[name] = medi(f, ph.mask, **tight, **extra)
-        assert np.linalg.norm(maps[name] - plain) / np.linalg.norm(plain) < 1e-3
+        assert np.linalg.norm(maps[name] - plain) / np.linalg.norm(plain) < 1e-4  # 3e-6
+        # a tolerance float32 barely reaches: the preconditioned CG still converges to the same
+        # map (it keeps out of the constants and the FFT's rounding, which A cannot see; it
+        # diverged there before: a relative residual of 0.6 after 2000 steps at 1e-7)
+        tighter = medi(f, ph.mask, **{**tight, "cg_tol": 1e-7}, **extra)
+        assert np.linalg.norm(tighter - maps[name]) / np.linalg.norm(maps[name]) < 1e-4
     pcg = maps["plain"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_parallel, "THREADED_SIZE", 1)
