@@ -51,8 +51,11 @@ def test_merge_bands_known_answers():
         hybrid.merge_bands(a, a, m, sigma=0.0)
 
 
-def test_meta_hybrid_checks_before_any_work(monkeypatch):
-    pytest.importorskip("torch", reason="the hybrid runs the unrolled network (pip install .[dl])")
+@pytest.fixture
+def unchecked(monkeypatch):
+    """``(hybrid module, mask, zero field)`` with the unrolled network replaced by a failure:
+    for the tests that every argument is checked before the network runs."""
+    pytest.importorskip("torch", reason="these methods run the unrolled network (.[dl])")
     from metaqsm.dl import hybrid, unrolled
 
     def boom(*a, **k):
@@ -60,7 +63,11 @@ def test_meta_hybrid_checks_before_any_work(monkeypatch):
 
     monkeypatch.setattr(unrolled, "invert_meta_unrolled", boom)
     m = _blob_mask()
-    f = np.zeros(m.shape, np.float32)
+    return hybrid, m, np.zeros(m.shape, np.float32)
+
+
+def test_meta_hybrid_checks_before_any_work(unchecked):
+    hybrid, m, f = unchecked
     with pytest.raises(ValueError, match="detail must be one of medi, tv, wtv, got 'ilsqr'"):
         hybrid.invert_meta_hybrid(f, m, voxel_size=(1, 1, 1), detail="ilsqr")
     with pytest.raises(ValueError, match="detail 'wtv' needs magnitude"):
@@ -99,27 +106,47 @@ def test_meta_hybrid_registered_and_cli_errors(tmp_path, capsys):
     assert not (tmp_path / "chi.nii.gz").exists()
 
 
-@pytest.mark.slow
-def test_shipped_meta_hybrid_beats_its_parts_on_quick_realistic_cases():
-    """The hybrid with the shipped network and MEDI's detail on two quick realistic heads (2 mm,
-    through the whole pipeline; seed 2026 as the realistic suite, not the validation seed 1 that
-    chose sigma). Measured (RMSE % / HFEN % / SSIM, mean of the two): hybrid 59.0 / 60.3 / 0.851,
-    meta-unrolled 64.9 / 61.9 / 0.777, MEDI 73.4 / 74.8 / 0.830, TV 71.4 / 73.9 / 0.820."""
-    torch = pytest.importorskip("torch", reason="the hybrid runs the unrolled network")
-    from metaqsm.dl.hybrid import invert_meta_hybrid, merge_bands
-    from metaqsm.dl.unrolled import invert_meta_unrolled
-    from metaqsm.inversion.medi import medi
-    from metaqsm.inversion.tv import tv
-    from metaqsm.metrics import compute_metrics
+@pytest.fixture(scope="module")
+def quick_heads():
+    """Two quick realistic heads (2 mm, through the whole pipeline; seed 2026 as the realistic
+    suite, not the validation seed 1 that chose the methods' settings), one network thread."""
+    torch = pytest.importorskip("torch", reason="these methods run the unrolled network")
     from metaqsm.simulate.realistic import RealisticConfig, realistic_case
 
     torch.set_num_threads(1)
     quick = RealisticConfig(fine_voxel_mm=2.0)
-    scores = {k: [] for k in ("hybrid", "net", "medi", "tv")}
-    for i, (vsz, tilt) in enumerate([((2.0, 2.0, 2.0), 0.0), ((2.0, 2.0, 3.0), 20.0)]):
-        c = realistic_case(i, output_voxel_size=vsz, b0_tilt_deg=tilt, config=quick, seed=2026)
-        m, kw = c["mask"], {"voxel_size": c["voxel_size"], "b0_dir": c["b0_dir"]}
-        inputs = {"magnitude": c["magnitude"], "noise_std": c["noise"]}
+    return [realistic_case(i, output_voxel_size=vsz, b0_tilt_deg=tilt, config=quick, seed=2026)
+            for i, (vsz, tilt) in enumerate([((2.0, 2.0, 2.0), 0.0), ((2.0, 2.0, 3.0), 20.0)])]
+
+
+def _mean_scores(heads, make_maps):
+    """Mean (RMSE %, HFEN %, SSIM) per map name over ``heads``; ``make_maps(case, geometry)``
+    returns the maps of one head (name -> map), checking what it must."""
+    from metaqsm.metrics import compute_metrics
+
+    scores = {}
+    for c in heads:
+        maps = make_maps(c, {"voxel_size": c["voxel_size"], "b0_dir": c["b0_dir"]})
+        for k, x in maps.items():
+            r = compute_metrics(x, c["chi"], c["mask"])
+            scores.setdefault(k, []).append([r["rmse"], r["hfen"], r["ssim"]])
+    mean = {k: np.mean(v, axis=0) for k, v in scores.items()}
+    print({k: np.round(v, 3).tolist() for k, v in mean.items()})
+    return mean
+
+
+@pytest.mark.slow
+def test_shipped_meta_hybrid_beats_its_parts_on_quick_realistic_cases(quick_heads):
+    """The hybrid with the shipped network and MEDI's detail on the two quick realistic heads.
+    Measured (RMSE % / HFEN % / SSIM, mean of the two): hybrid 59.0 / 60.3 / 0.851,
+    meta-unrolled 64.9 / 61.9 / 0.777, MEDI 73.4 / 74.8 / 0.830, TV 71.4 / 73.9 / 0.820."""
+    from metaqsm.dl.hybrid import invert_meta_hybrid, merge_bands
+    from metaqsm.dl.unrolled import invert_meta_unrolled
+    from metaqsm.inversion.medi import medi
+    from metaqsm.inversion.tv import tv
+
+    def make_maps(c, kw):
+        m, inputs = c["mask"], {"magnitude": c["magnitude"], "noise_std": c["noise"]}
         maps = {"hybrid": invert_meta_hybrid(c["field"], m, **inputs, **kw),
                 "net": invert_meta_unrolled(c["field"], m, **kw),
                 "medi": medi(c["field"], m, **inputs, **kw),
@@ -127,11 +154,9 @@ def test_shipped_meta_hybrid_beats_its_parts_on_quick_realistic_cases():
         # the hybrid is the merge of its two parts, nothing else
         np.testing.assert_allclose(maps["hybrid"], merge_bands(maps["net"], maps["medi"], m,
                                                                sigma=1.5), atol=1e-6)
-        for k, x in maps.items():
-            r = compute_metrics(x, c["chi"], m)
-            scores[k].append([r["rmse"], r["hfen"], r["ssim"]])
-    mean = {k: np.mean(v, axis=0) for k, v in scores.items()}
-    print({k: np.round(v, 3).tolist() for k, v in mean.items()})
+        return maps
+
+    mean = _mean_scores(quick_heads, make_maps)
     rmse, hfen, ssim = mean["hybrid"]
     for k in ("net", "medi", "tv"):
         assert rmse < mean[k][0] - 3.0, k
@@ -155,16 +180,8 @@ def test_default_inversion_is_meta_tv_where_torch_is_installed(monkeypatch):
     assert not methods._networks_installed()  # a plain install: the default falls back to TV
 
 
-def test_meta_tv_checks_before_any_work(monkeypatch):
-    pytest.importorskip("torch", reason="meta-tv runs the unrolled network (pip install .[dl])")
-    from metaqsm.dl import hybrid, unrolled
-
-    def boom(*a, **k):
-        raise AssertionError("the network ran before the arguments were checked")
-
-    monkeypatch.setattr(unrolled, "invert_meta_unrolled", boom)
-    m = _blob_mask()
-    f = np.zeros(m.shape, np.float32)
+def test_meta_tv_checks_before_any_work(unchecked):
+    hybrid, m, f = unchecked
     for kwargs, message in (({"prior_weight": 0.0}, "prior_weight must be positive"),
                             ({"prior_sigma": -1.0}, "prior_sigma must be positive"),
                             ({"lam": 0.0}, "lam must be positive"),
@@ -218,27 +235,19 @@ def test_meta_tv_registered_and_cli(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_shipped_meta_tv_beats_its_parts_on_quick_realistic_cases():
-    """meta-tv with the shipped network on the two quick realistic heads of the hybrid's test
-    (2 mm through the whole pipeline, seed 2026; prior_weight and prior_sigma were chosen on the
-    validation seed 1). Measured (RMSE % / HFEN % / SSIM, mean of the two): meta-tv
-    57.1 / 56.9 / 0.860, wTV 62.5 / 59.7 / 0.855, meta-unrolled 64.9 / 61.8 / 0.777, TV
-    71.3 / 73.9 / 0.820, MEDI 73.3 / 74.8 / 0.830 (the hybrid 59.0 / 60.3 / 0.851)."""
-    torch = pytest.importorskip("torch", reason="meta-tv runs the unrolled network")
+def test_shipped_meta_tv_beats_its_parts_on_quick_realistic_cases(quick_heads):
+    """meta-tv with the shipped network on the two quick realistic heads (prior_weight and
+    prior_sigma were chosen on the validation seed 1). Measured (RMSE % / HFEN % / SSIM, mean
+    of the two): meta-tv 57.1 / 56.9 / 0.860, wTV 62.5 / 59.7 / 0.855, meta-unrolled
+    64.9 / 61.8 / 0.777, TV 71.3 / 73.9 / 0.820, MEDI 73.3 / 74.8 / 0.830 (the hybrid
+    59.0 / 60.3 / 0.851)."""
     from metaqsm.dl.hybrid import invert_meta_tv
     from metaqsm.dl.unrolled import invert_meta_unrolled
     from metaqsm.inversion.medi import medi
     from metaqsm.inversion.tv import prior_tv, tv, wtv
-    from metaqsm.metrics import compute_metrics
-    from metaqsm.simulate.realistic import RealisticConfig, realistic_case
 
-    torch.set_num_threads(1)
-    quick = RealisticConfig(fine_voxel_mm=2.0)
-    scores = {k: [] for k in ("meta-tv", "net", "wtv", "tv", "medi")}
-    for i, (vsz, tilt) in enumerate([((2.0, 2.0, 2.0), 0.0), ((2.0, 2.0, 3.0), 20.0)]):
-        c = realistic_case(i, output_voxel_size=vsz, b0_tilt_deg=tilt, config=quick, seed=2026)
-        m, kw = c["mask"], {"voxel_size": c["voxel_size"], "b0_dir": c["b0_dir"]}
-        mag = c["magnitude"]
+    def make_maps(c, kw):
+        m, mag = c["mask"], c["magnitude"]
         maps = {"meta-tv": invert_meta_tv(c["field"], m, magnitude=mag, **kw),
                 "net": invert_meta_unrolled(c["field"], m, **kw),
                 "wtv": wtv(c["field"], m, magnitude=mag, **kw),
@@ -247,11 +256,9 @@ def test_shipped_meta_tv_beats_its_parts_on_quick_realistic_cases():
         # meta-tv is prior_tv with the network's map as the prior, nothing else
         np.testing.assert_array_equal(maps["meta-tv"],
                                       prior_tv(c["field"], m, maps["net"], magnitude=mag, **kw))
-        for k, x in maps.items():
-            r = compute_metrics(x, c["chi"], m)
-            scores[k].append([r["rmse"], r["hfen"], r["ssim"]])
-    mean = {k: np.mean(v, axis=0) for k, v in scores.items()}
-    print({k: np.round(v, 3).tolist() for k, v in mean.items()})
+        return maps
+
+    mean = _mean_scores(quick_heads, make_maps)
     rmse, hfen, ssim = mean["meta-tv"]
     for k in ("net", "wtv", "tv", "medi"):
         assert rmse < mean[k][0] - 4.0, k

@@ -146,18 +146,17 @@ def invert_meta_tv(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude
         Scale below which the network is trusted: the Gaussian's standard deviation, mm.
         Default 6. ``prior_weight`` and ``prior_sigma`` were chosen on the validation heads
         (seed 1: 2 mm, 1 mm and 3.2 mm slices), not on the realistic suite.
-    weights : str or Path, optional
-        A ``meta-unrolled`` checkpoint. Default: the shipped model.
-    device : str
-        Device of the network, "cpu" (default) or "cuda".
-    tile : None, "auto", int or 3 ints
-        Tiling of the network (:func:`metaqsm.dl.unrolled.invert_meta_unrolled`).
+    weights, device, tile
+        The network's checkpoint (default: the shipped ``meta-unrolled``), device and tiling,
+        as :func:`invert_meta_hybrid`.
     progress : bool
         Progress bar of the TV iterations. Default False.
 
     Returns
     -------
-    chi : (X, Y, Z) float32 array, ppm, zero outside the mask.
+    chi : (X, Y, Z) float32 array
+        :func:`metaqsm.inversion.tv.prior_tv`'s map with the network's as the prior (ppm), zero
+        outside the mask.
 
     Raises
     ------

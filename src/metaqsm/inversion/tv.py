@@ -176,7 +176,9 @@ def prior_tv(field, mask, prior, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitud
 
     Returns
     -------
-    chi : (X, Y, Z) float32 array, ppm, zero outside the mask.
+    chi : (X, Y, Z) float32 array
+        Susceptibility in ppm, zero outside the mask. Before the mask is applied its mean over
+        the (cut, padded) grid is the prior's.
 
     Raises
     ------
