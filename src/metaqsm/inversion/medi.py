@@ -310,8 +310,9 @@ def _hermitian_planes(x, n_last):
 
 def _spectral_pcg(D, m2, spatial, rhs, kinv, *, tol, max_iter):
     """Preconditioned CG on ``(D m2 D + S) x = rhs``: ``D`` the dipole convolution (its half
-    spectrum), ``m2`` a voxel weight, ``S`` = ``spatial`` a symmetric operator on volumes,
-    ``kinv`` a circulant preconditioner (a real half spectrum).
+    spectrum), ``m2`` a voxel weight, ``S`` = ``spatial`` a symmetric operator on volumes that
+    vanishes on constants (as MEDI's gradient and CSF terms), ``kinv`` a circulant
+    preconditioner (a real half spectrum). The solution has no k = 0 component.
 
     The residual, the preconditioned residual and the search direction are kept as spectra
     (the residual update is linear), so each iteration takes four FFTs: the direction and its
