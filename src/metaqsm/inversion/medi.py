@@ -249,7 +249,13 @@ def medi(field, mask, *, voxel_size, b0_dir=(0.0, 0.0, 1.0), magnitude=None, noi
                 dx, _ = _spectral_pcg(D, m2, spatial, rhs, kinv, tol=cg_tol,
                                       max_iter=cg_max_iter)
             else:
-                dx, _ = cg(apply_a, rhs, tol=cg_tol, max_iter=cg_max_iter)
+                def apply_a0(v):  # A without its null space, the constants (as _spectral_pcg)
+                    out = apply_a(v)
+                    out -= out.mean(dtype=np.float64)
+                    return out
+
+                rhs -= rhs.mean(dtype=np.float64)
+                dx, _ = cg(apply_a0, rhs, tol=cg_tol, max_iter=cg_max_iter)
             nx = float(np.linalg.norm(x))
             ratio = float(np.linalg.norm(dx)) / nx if nx > 0 else np.inf
             x += dx
