@@ -338,9 +338,9 @@ def _spectral_pcg(D, m2, spatial, rhs, kinv, *, tol, max_iter):
     # * the constants (k = 0): D(0) = 0, and the gradient terms and MEDI+0's CSF term vanish on
     #   a constant, so A does; the residual, A p and hence x keep a zero k = 0 component;
     # * the anti-Hermitian part of the planes that hold both k and -k, which the inverse FFT
-    #   drops: the residual, A p and the (real) preconditioner are made exactly Hermitian there,
-    #   and the updates keep them so.
-    kinv = _hermitian_planes(np.array(kinv, np.complex64), n_last).real.astype(kinv.dtype)
+    #   drops: the residual and A p are made exactly Hermitian there, and the updates keep them
+    #   so (the preconditioner, built from D^2 and |G|^2 on exact +-k frequencies, is exactly
+    #   symmetric already).
     res = _hermitian_planes(rfft(rhs), n_last)  # residual of x = 0
     res[0, 0, 0] = 0.0
     bb = _half_dot(res, res, n_last)
@@ -368,7 +368,8 @@ def _spectral_pcg(D, m2, spatial, rhs, kinv, *, tol, max_iter):
         del qs
         _hermitian_planes(q, n_last)
         q[0, 0, 0] = 0.0
-        alpha = rz / float(_half_dot(direction, q, n_last))
+        alpha = rz / float(sum(run_slabs(
+            lambda i, a, b: _half_dot(direction[a:b], q[a:b], n_last), n, threads)))  # <p, A p>
 
         def update(i, a, b):  # x += alpha p, r -= alpha A p, z = M r: returns <r, r>, <r, z>
             p[a:b] *= np.float32(alpha)  # p is not needed after this step
